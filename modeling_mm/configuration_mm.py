@@ -1,0 +1,295 @@
+"""Configuration classes for the MM multimodal model family (early, late and hybrid fusion)."""
+
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig
+
+
+__all__ = ["MMConfig", "MMTextConfig", "MMVisionConfig", "FUSION_OBJECTIVES", "DEFAULT_OBJECTIVES"]
+
+
+def _check_positive(config: PreTrainedConfig, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}.")
+
+
+def _check_probability(config: PreTrainedConfig, names: tuple[str, ...], upper_inclusive: bool = True) -> None:
+    for name in names:
+        value = getattr(config, name)
+        ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
+        if not ok:
+            bound = "[0, 1]" if upper_inclusive else "[0, 1)"
+            raise ValueError(f"{type(config).__name__}.{name} must be in {bound}, got {value!r}.")
+
+
+def _check_heads(config: PreTrainedConfig, prefix: str = "") -> None:
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"{prefix}{type(config).__name__}.hidden_size ({config.hidden_size}) must be divisible by "
+            f"num_attention_heads ({config.num_attention_heads})."
+        )
+
+
+class MMVisionConfig(PreTrainedConfig):
+    r"""
+    Configuration of the built-in ViT vision tower.
+
+    Args:
+        image_size (`int`): Training resolution (square). Other resolutions work through position-embedding interpolation.
+        patch_size (`int`): Side of a square patch; must divide `image_size`.
+        num_channels (`int`): Input channels.
+        hidden_size (`int`): Width of the tower.
+        num_hidden_layers (`int`): Number of Transformer layers.
+        num_attention_heads (`int`): Attention heads; must divide `hidden_size`.
+        intermediate_size (`int`): Width of the MLP.
+        hidden_act (`str`): MLP activation.
+        hidden_dropout_prob (`float`): Dropout after attention and MLP.
+        attention_probs_dropout_prob (`float`): Dropout on attention probabilities.
+        layer_norm_eps (`float`): LayerNorm epsilon.
+        initializer_range (`float`): Std of the truncated-normal weight init.
+        num_frames (`int`): Frames per video clip; > 1 adds learned temporal position embeddings.
+        qkv_bias (`bool`): Bias on the query/key/value projections.
+    """
+
+    model_type = "mm_vision_model"
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    num_frames: int = 1
+    qkv_bias: bool = True
+
+    def __post_init__(self, **kwargs):
+        _check_positive(
+            self,
+            (
+                "image_size",
+                "patch_size",
+                "num_channels",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "num_frames",
+            ),
+        )
+        _check_heads(self)
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"MMVisionConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})."
+            )
+        _check_probability(self, ("hidden_dropout_prob", "attention_probs_dropout_prob"))
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class MMTextConfig(PreTrainedConfig):
+    r"""
+    Configuration of the built-in BERT-style text tower (and of the fusion and decoder layers, which share its width).
+    Defaults fit the bert-base-uncased WordPiece vocabulary.
+
+    Args:
+        vocab_size (`int`): Vocabulary size of the WordPiece tokenizer.
+        hidden_size (`int`): Width of the tower.
+        num_hidden_layers (`int`): Number of Transformer layers.
+        num_attention_heads (`int`): Attention heads; must divide `hidden_size`.
+        intermediate_size (`int`): Width of the MLP.
+        hidden_act (`str`): MLP activation.
+        hidden_dropout_prob (`float`): Dropout after embeddings, attention and MLP.
+        attention_probs_dropout_prob (`float`): Dropout on attention probabilities.
+        max_position_embeddings (`int`): Longest text the position table covers.
+        type_vocab_size (`int`): Token-type (segment) vocabulary.
+        layer_norm_eps (`float`): LayerNorm epsilon.
+        initializer_range (`float`): Std of the truncated-normal weight init.
+        pad_token_id (`int`): `[PAD]` id. bos_token_id (`int`): `[CLS]`, used as decoder start. eos_token_id (`int`): `[SEP]`.
+    """
+
+    model_type = "mm_text_model"
+    base_config_key = "text_config"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 101
+    eos_token_id: int | None = 102
+
+    def __post_init__(self, **kwargs):
+        _check_positive(
+            self,
+            (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "type_vocab_size",
+            ),
+        )
+        _check_heads(self)
+        _check_probability(self, ("hidden_dropout_prob", "attention_probs_dropout_prob"))
+        super().__post_init__(**kwargs)
+
+
+# Which pretraining objectives each fusion style can serve. ITM and MLM need a fused representation (early, hybrid);
+# ITC needs separate unimodal embeddings (late, hybrid); captioning LM needs a vision tower to cross-attend to.
+FUSION_OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "early": ("itm", "mlm"),
+    "late": ("itc", "lm"),
+    "hybrid": ("itc", "itm", "mlm", "lm"),
+}
+DEFAULT_OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "early": ("itm", "mlm"),
+    "late": ("itc",),
+    "hybrid": ("itc", "itm", "mlm", "lm"),
+}
+
+
+def _build_sub_config(value, default_cls: type[PreTrainedConfig], key: str) -> PreTrainedConfig:
+    """A sub-config may be ours or any transformers config; foreign ones are rebuilt through AutoConfig by model_type."""
+    if value is None:
+        return default_cls()
+    if isinstance(value, PreTrainedConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"MMConfig.{key} must be a dict or a PreTrainedConfig, got {type(value).__name__}.")
+    value = dict(value)
+    model_type = value.pop("model_type", default_cls.model_type)
+    if model_type == default_cls.model_type:
+        return default_cls(**value)
+    try:
+        return AutoConfig.for_model(model_type, **value)
+    except ValueError as err:
+        raise ValueError(f"MMConfig.{key}: unknown model_type {model_type!r} ({err}).") from None
+
+
+class MMConfig(PreTrainedConfig):
+    r"""
+    Composite configuration of an MM model: a vision tower, a text tower and how they are fused.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`): The vision tower: an [`MMVisionConfig`] or any transformers
+            vision config (ViT, DeiT, CLIPVision, SiglipVision...), kept with its `model_type` and rebuilt through
+            `AutoConfig` when loaded.
+        text_config (`dict` or `PreTrainedConfig`): The text tower: an [`MMTextConfig`] or any transformers BERT-like
+            encoder config (Bert, Roberta...).
+        fusion (`str`): `"early"` (one joint Transformer over text tokens and image patches, ViLT-style; uses the text
+            config's layers and the vision config's patch geometry), `"late"` (dual encoder, CLIP-style) or `"hybrid"`
+            (both towers, then `num_fusion_layers` text layers that cross-attend to the image, ALBEF-style).
+        num_fusion_layers (`int`): Cross-attention fusion layers (hybrid only).
+        num_decoder_layers (`int`): Layers of the image-conditioned captioning decoder (late and hybrid).
+        projection_dim (`int`): Width of the shared ITC embedding space (late and hybrid).
+        logit_scale_init_value (`float`): Initial log temperature of ITC; ln(1/0.07) as in CLIP.
+        logit_scale_max (`float`): Clamp for the log temperature; ln(100) as in CLIP, keeps the loss stable.
+        image_mask_ratio (`float`): FLIP: fraction of image patches dropped per sample during pretraining (0 = off).
+        objectives (`list[str]`): Pretraining objectives among `itc`, `itm`, `mlm`, `lm`; default per fusion.
+        itc_weight, itm_weight, mlm_weight, lm_weight (`float`): Weights of each objective in the total loss.
+        initializer_range (`float`): Std of the init of fusion, projection and head weights.
+        tie_word_embeddings (`bool`): Tie MLM/LM output layers to the input word embeddings.
+    """
+
+    model_type = "mm"
+    sub_configs_defaults = {"vision_config": MMVisionConfig, "text_config": MMTextConfig}
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    fusion: str = "hybrid"
+    num_fusion_layers: int = 2
+    num_decoder_layers: int = 2
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    logit_scale_max: float = 4.6052
+    image_mask_ratio: float = 0.0
+    objectives: list[str] | None = None
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    lm_weight: float = 1.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.vision_config = _build_sub_config(self.vision_config, MMVisionConfig, "vision_config")
+        self.text_config = _build_sub_config(self.text_config, MMTextConfig, "text_config")
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    def _validate(self) -> None:
+        if self.fusion not in FUSION_OBJECTIVES:
+            raise ValueError(f"MMConfig.fusion must be one of {sorted(FUSION_OBJECTIVES)}, got {self.fusion!r}.")
+        _check_positive(self, ("projection_dim",))
+        for name in ("num_fusion_layers", "num_decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"MMConfig.{name} must be a non-negative integer, got {value!r}.")
+        if self.fusion == "hybrid" and self.num_fusion_layers < 1:
+            raise ValueError("MMConfig.num_fusion_layers must be >= 1 with fusion='hybrid'.")
+        _check_probability(self, ("image_mask_ratio",), upper_inclusive=False)
+        for tower, cfg in (("vision_config", self.vision_config), ("text_config", self.text_config)):
+            if getattr(cfg, "hidden_size", None) is None:
+                raise ValueError(f"MMConfig.{tower} ({type(cfg).__name__}) has no hidden_size; it cannot serve as a tower.")
+        if getattr(self.text_config, "vocab_size", None) is None:
+            raise ValueError(f"MMConfig.text_config ({type(self.text_config).__name__}) has no vocab_size.")
+        builtin_vision = isinstance(self.vision_config, MMVisionConfig)
+        if self.fusion == "early":
+            if not (builtin_vision and isinstance(self.text_config, MMTextConfig)):
+                raise ValueError(
+                    "MMConfig.fusion='early' needs the built-in towers (MMVisionConfig and MMTextConfig): the joint "
+                    f"Transformer embeds patches itself; got {type(self.vision_config).__name__} and "
+                    f"{type(self.text_config).__name__}."
+                )
+            if self.vision_config.hidden_size != self.text_config.hidden_size:
+                raise ValueError(
+                    "MMConfig.fusion='early' needs vision_config.hidden_size == text_config.hidden_size "
+                    f"(got {self.vision_config.hidden_size} and {self.text_config.hidden_size})."
+                )
+        if self.image_mask_ratio > 0 and not builtin_vision:
+            raise ValueError(
+                "MMConfig.image_mask_ratio > 0 (FLIP) needs the built-in MMVisionConfig tower, got "
+                f"{type(self.vision_config).__name__}."
+            )
+        if self.objectives is None:
+            self.objectives = list(DEFAULT_OBJECTIVES[self.fusion])
+        self.objectives = list(self.objectives)
+        allowed = FUSION_OBJECTIVES[self.fusion]
+        for objective in self.objectives:
+            if objective not in ("itc", "itm", "mlm", "lm"):
+                raise ValueError(f"MMConfig.objectives: unknown objective {objective!r}; use itc, itm, mlm or lm.")
+            if objective not in allowed:
+                raise ValueError(
+                    f"MMConfig.objectives: {objective!r} is not possible with fusion={self.fusion!r} "
+                    f"(it supports {list(allowed)})."
+                )
+        if "lm" in self.objectives and self.num_decoder_layers < 1:
+            raise ValueError("MMConfig.objectives includes 'lm' but num_decoder_layers is 0.")
+        for name in ("itc_weight", "itm_weight", "mlm_weight", "lm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size

@@ -1,0 +1,120 @@
+"""Pretraining losses, kept apart from the model (open_clip style) so they can be tested on their own.
+
+The contrastive loss takes `rank` / `world_size` explicitly. Under torch.distributed, features are all-gathered *with
+gradient* and each rank computes the loss of its own rows against the global batch ("local loss"): averaged over ranks
+by DDP, this gives the same loss and gradients as one process holding the whole batch.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+__all__ = [
+    "contrastive_loss",
+    "gather_features",
+    "distributed_info",
+    "itm_loss",
+    "masked_lm_loss",
+    "causal_lm_loss",
+    "sample_hard_negatives",
+]
+
+
+def distributed_info() -> tuple[int, int]:
+    """`(rank, world_size)` of the default process group, `(0, 1)` outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_features(features: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """All-gathers `(B, D)` features from every rank into `(world_size * B, D)`, keeping the gradient path to every
+    rank's features (torch.distributed.nn's all_gather sums the incoming gradients back onto their owners)."""
+    if world_size == 1:
+        return features
+    import torch.distributed.nn.functional as dist_nn
+
+    gathered = dist_nn.all_gather(features)
+    return torch.cat(gathered, dim=0)
+
+
+def contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP) over L2-normalised `(B, D)` embeddings where row i of each side is a positive pair.
+
+    Args:
+        image_embeds: `(B, D)` local image embeddings.
+        text_embeds: `(B, D)` local text embeddings.
+        logit_scale: Scalar temperature multiplier (already exponentiated and clamped).
+        rank, world_size: Position of this process; with `world_size > 1` the negatives come from every rank.
+    """
+    if image_embeds.shape != text_embeds.shape:
+        raise ValueError(
+            f"contrastive_loss needs paired embeddings; got image {tuple(image_embeds.shape)} and text "
+            f"{tuple(text_embeds.shape)}."
+        )
+    all_image = gather_features(image_embeds, rank, world_size)  # (W*B, D)
+    all_text = gather_features(text_embeds, rank, world_size)
+    logits_per_image = logit_scale * image_embeds @ all_text.t()  # (B, W*B)
+    logits_per_text = logit_scale * text_embeds @ all_image.t()
+    labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + rank * image_embeds.shape[0]
+    return 0.5 * (
+        nn.functional.cross_entropy(logits_per_image, labels) + nn.functional.cross_entropy(logits_per_text, labels)
+    )
+
+
+@torch.no_grad()
+def sample_hard_negatives(
+    similarity: torch.Tensor, image_ids: torch.Tensor | None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALBEF hard-negative mining: for every row pick a negative column with probability softmax(similarity),
+    never a column that shares the row's `image_id` (so duplicate captions of one image are never negatives).
+
+    Args:
+        similarity: `(B, B)` image-to-text ITC logits of the local batch.
+        image_ids: `(B,)` ids; rows with equal ids are positives of each other. `None` means all distinct.
+
+    Returns:
+        `(neg_text_for_image, neg_image_for_text)`: two `(B,)` index tensors; -1 where a row has no valid negative.
+    """
+    batch = similarity.shape[0]
+    if image_ids is None:
+        image_ids = torch.arange(batch, device=similarity.device)
+    same = image_ids[:, None] == image_ids[None, :]  # (B, B)
+    picks = []
+    for sim in (similarity, similarity.t()):
+        weights = torch.softmax(sim.float(), dim=1).masked_fill(same, 0.0)
+        valid = weights.sum(1) > 0
+        # Rows without any valid negative get uniform dummy weights; their pick is discarded below.
+        weights = torch.where(valid[:, None], weights, torch.ones_like(weights))
+        pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+        picks.append(torch.where(valid, pick, torch.full_like(pick, -1)))
+    return picks[0], picks[1]
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary image-text matching cross-entropy over `(N, 2)` logits; label 1 = matched pair."""
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MLM cross-entropy over `(B, L, V)` logits; `labels` is -100 except at masked positions."""
+    if not (labels != -100).any():
+        # A batch where nothing was masked contributes zero (not NaN), keeping the graph connected.
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts `labels[t + 1]`; -100 is ignored (transformers convention)."""
+    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shifted_labels = labels[:, 1:].reshape(-1)
+    if not (shifted_labels != -100).any():
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100)

@@ -1,0 +1,944 @@
+"""MM: one multimodal Transformer family with early, late and hybrid fusion.
+
+Reading order: outputs -> attention -> layers -> embeddings -> towers (vision, text) -> captioning decoder ->
+`MMPreTrainedModel` -> `MMModel`. Task heads live in `modeling_mm_heads.py`, losses in `losses.py`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import math
+
+import torch
+from torch import nn
+
+from transformers import AutoConfig, AutoModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.configuration_utils import PreTrainedConfig
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_mm import MMConfig, MMTextConfig, MMVisionConfig
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "MMDecoderOutput",
+    "MMModel",
+    "MMModelOutput",
+    "MMPreTrainedModel",
+    "MMTextDecoder",
+    "MMTextModel",
+    "MMVisionModel",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MMModelOutput(ModelOutput):
+    r"""
+    Output of [`MMModel`]. Fields a fusion style does not produce stay `None`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): ITC loss, when `return_loss=True` (late and hybrid).
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch, text_batch)`): Scaled cosine similarities.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch, image_batch)`): Transpose of `logits_per_image`.
+        text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised projected text embedding.
+        image_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): L2-normalised projected image embedding.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, seq, hidden)`): The fused sequence: the joint
+            [text ; image] sequence (early) or the text stream after cross-attention (hybrid).
+        pooler_output (`torch.FloatTensor` of shape `(batch, hidden)`): The fused `[CLS]` state (early, hybrid).
+        text_last_hidden_state (`torch.FloatTensor` of shape `(batch, text_len, text_hidden)`): Text tower output.
+        image_last_hidden_state (`torch.FloatTensor` of shape `(batch, patches, vision_hidden)`): Vision tower output
+            (for video, `patches = 1 + frames * patches_per_frame`).
+        cross_attentions (`tuple(torch.FloatTensor)`): Per fusion layer, `(batch, heads, text_len, patches)`
+            attention of text over image (hybrid, with `output_attentions=True`).
+        attentions (`tuple(torch.FloatTensor)`): Per joint layer, `(batch, heads, seq, seq)` (early, with
+            `output_attentions=True`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
+    image_last_hidden_state: torch.FloatTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MMDecoderOutput(ModelOutput):
+    r"""
+    Output of [`MMTextDecoder`].
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch, text_len, vocab)`): Next-token scores.
+        cache (`Cache`): Self- and cross-attention key/values for fast generation.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, text_len, hidden)`): Final decoder states.
+    """
+
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention and layers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # query (B, H, Lq, d), key/value (B, H, Lk, d); mask is additive (B, 1, Lq, Lk) from masking_utils.
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attention_mask = torch.where(attention_mask, 0.0, torch.finfo(attn_weights.dtype).min)
+        attn_weights = attn_weights + attention_mask[..., : key.shape[-2]]
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights  # (B, Lq, H, d)
+
+
+class MMAttention(nn.Module):
+    """Multi-head attention; self-attention, or cross-attention when `key_value_states` is given."""
+
+    def __init__(
+        self,
+        config: PreTrainedConfig,
+        kv_hidden_size: int | None = None,
+        is_causal: bool = False,
+        is_cross_attention: bool = False,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.is_causal = is_causal
+        self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
+        bias = getattr(config, "qkv_bias", True)
+        kv_dim = kv_hidden_size or self.embed_dim
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, self.embed_dim, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, self.embed_dim, bias=bias)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        key_value_states: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, Lq, d)
+
+        # Cross-attention keys/values depend only on the image: computed once, then read from the cache while decoding.
+        if self.is_cross_attention and isinstance(cache, EncoderDecoderCache) and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            key, value = layer.keys, layer.values
+        else:
+            source = key_value_states if self.is_cross_attention else hidden_states
+            kv_shape = (*source.shape[:-1], -1, self.head_dim)
+            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, Lk, d)
+            value = self.v_proj(source).view(kv_shape).transpose(1, 2)
+            if isinstance(cache, EncoderDecoderCache):
+                if self.is_cross_attention:
+                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+                else:
+                    key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
+
+        # Attention maps are only materialised by the eager kernel; asking for them selects it for this call.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.dropout,
+            scaling=self.scaling,
+            is_causal=self.is_causal and attention_mask is None and query.shape[2] > 1,
+        )
+        attn_output = self.out_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, (attn_weights if output_attentions else None)
+
+
+class MMMLP(nn.Module):
+    def __init__(self, config: PreTrainedConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class MMLayer(GradientCheckpointingLayer):
+    """Pre-LN Transformer layer: self-attention, optional cross-attention to another modality, MLP.
+
+    One class serves the vision and text towers, the early-fusion joint encoder, the hybrid fusion layers and the
+    captioning decoder, so attention kernels, checkpointing and LoRA target names are the same everywhere.
+    """
+
+    def __init__(
+        self,
+        config: PreTrainedConfig,
+        cross_attention_hidden_size: int | None = None,
+        is_causal: bool = False,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = MMAttention(config, is_causal=is_causal, layer_idx=layer_idx)
+        self.has_cross_attention = cross_attention_hidden_size is not None
+        if self.has_cross_attention:
+            self.layer_norm_cross = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.cross_attn = MMAttention(
+                config, kv_hidden_size=cross_attention_hidden_size, is_cross_attention=True, layer_idx=layer_idx
+            )
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MMMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attn_out, self_weights = self.self_attn(
+            self.layer_norm1(hidden_states), attention_mask, cache=cache, output_attentions=output_attentions
+        )
+        hidden_states = hidden_states + self.dropout(attn_out)
+        cross_weights = None
+        if self.has_cross_attention:
+            cross_out, cross_weights = self.cross_attn(
+                self.layer_norm_cross(hidden_states),
+                encoder_attention_mask,
+                key_value_states=encoder_hidden_states,
+                cache=cache,
+                output_attentions=output_attentions,
+            )
+            hidden_states = hidden_states + self.dropout(cross_out)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+        return hidden_states, self_weights, cross_weights
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MMVisionEmbeddings(nn.Module):
+    """ViT patch embeddings with a [CLS] token, spatial and (for video) temporal position embeddings."""
+
+    def __init__(self, config: MMVisionConfig, hidden_size: int | None = None):
+        super().__init__()
+        self.config = config
+        self.hidden_size = hidden_size or config.hidden_size
+        self.patch_size = config.patch_size
+        self.grid = config.image_size // config.patch_size
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, self.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.hidden_size))
+        self.position_embedding = nn.Parameter(torch.zeros(1, 1 + self.grid**2, self.hidden_size))
+        self.temporal_embedding = (
+            nn.Parameter(torch.zeros(1, config.num_frames, 1, self.hidden_size)) if config.num_frames > 1 else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _patch_positions(self, height: int, width: int) -> torch.Tensor:
+        """Spatial position embeddings for a (height/patch) x (width/patch) grid, interpolated when it differs."""
+        pos = self.position_embedding[:, 1:]
+        new_h, new_w = height // self.patch_size, width // self.patch_size
+        if new_h == self.grid and new_w == self.grid:
+            return pos
+        pos = pos.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        pos = nn.functional.interpolate(pos, size=(new_h, new_w), mode="bicubic", align_corners=False)
+        return pos.permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)
+
+    def forward(
+        self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Returns `(embeddings (B, 1 + kept_tokens, D), frames)`; `keep_indices` (B, K) selects patch tokens (FLIP)."""
+        video = pixel_values.ndim == 5
+        if video:
+            batch, frames = pixel_values.shape[:2]
+            pixel_values = pixel_values.flatten(0, 1)  # (B*T, C, H, W)
+        else:
+            batch, frames = pixel_values.shape[0], 1
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"pixel_values height and width ({height}x{width}) must be multiples of patch_size {self.patch_size}."
+            )
+        target_dtype = self.patch_embedding.weight.dtype
+        patches = self.patch_embedding(pixel_values.to(target_dtype)).flatten(2).transpose(1, 2)  # (B*T, N, D)
+        patches = patches + self._patch_positions(height, width)
+        if video:
+            if self.temporal_embedding is None or frames > self.temporal_embedding.shape[1]:
+                supported = 1 if self.temporal_embedding is None else self.temporal_embedding.shape[1]
+                raise ValueError(
+                    f"pixel_values has {frames} frames but vision_config.num_frames is {supported}; set num_frames "
+                    "to at least the clip length."
+                )
+            patches = patches.view(batch, frames, -1, self.hidden_size) + self.temporal_embedding[:, :frames]
+        patches = patches.reshape(batch, -1, self.hidden_size)  # (B, T*N, D)
+        if keep_indices is not None:
+            # FLIP (Li et al. 2023): encode only the kept patches; compute falls in proportion to the mask ratio.
+            patches = torch.gather(patches, 1, keep_indices.unsqueeze(-1).expand(-1, -1, self.hidden_size))
+        cls = (self.cls_token + self.position_embedding[:, :1]).expand(batch, -1, -1)
+        return self.dropout(torch.cat([cls, patches], dim=1)), frames
+
+
+class MMTextEmbeddings(nn.Module):
+    """BERT-style word + position + token-type embeddings."""
+
+    def __init__(self, config: MMTextConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.max_positions = config.max_position_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        token_type_ids: torch.LongTensor | None = None,
+        past_length: int = 0,
+    ) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if past_length + length > self.max_positions:
+            raise ValueError(
+                f"Text of {past_length + length} tokens exceeds max_position_embeddings={self.max_positions}; "
+                "truncate it in the processor (truncation=True, max_length=...)."
+            )
+        positions = torch.arange(past_length, past_length + length, device=input_ids.device)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.layer_norm(embeddings))
+
+
+def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}.")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        bad = ((input_ids < 0) | (input_ids >= vocab_size)).nonzero()[0].tolist()
+        raise ValueError(
+            f"input_ids[{bad[0]}, {bad[1]}] = {int(input_ids[bad[0], bad[1]])} is outside the vocabulary "
+            f"[0, {vocab_size}); is the tokenizer the one of this model?"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MMPreTrainedModel(PreTrainedModel):
+    config: MMConfig
+    config_class = MMConfig
+    base_model_prefix = "mm"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MMLayer", "MMVisionEmbeddings", "MMTextEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, MMVisionEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.position_embedding, std=std)
+            if module.temporal_embedding is not None:
+                init.zeros_(module.temporal_embedding)
+        elif isinstance(module, MMModel):
+            if module.logit_scale is not None:
+                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.modality_type_embeddings is not None:
+                init.normal_(module.modality_type_embeddings.weight, std=std)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Towers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MMVisionModel(MMPreTrainedModel):
+    """The built-in ViT tower. Accepts images `(B, C, H, W)` or video frames `(B, T, C, H, W)`."""
+
+    config: MMVisionConfig
+    config_class = MMVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: MMVisionConfig):
+        super().__init__(config)
+        self.embeddings = MMVisionEmbeddings(config)
+        self.layers = nn.ModuleList([MMLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        image_keep_indices: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        hidden_states, _ = self.embeddings(pixel_values, keep_indices=image_keep_indices)  # (B, 1+N, D)
+        attentions = ()
+        for layer in self.layers:
+            hidden_states, weights, _ = layer(hidden_states, None, output_attentions=output_attentions)
+            attentions += (weights,)
+        hidden_states = self.post_layernorm(hidden_states)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states[:, 0],
+            attentions=attentions if output_attentions else None,
+        )
+
+
+class MMTextModel(MMPreTrainedModel):
+    """The built-in BERT-style text tower (pre-LN). Its layers also form the early-fusion joint encoder."""
+
+    config: MMTextConfig
+    config_class = MMTextConfig
+    input_modalities = ("text",)
+
+    def __init__(self, config: MMTextConfig):
+        super().__init__(config)
+        self.embeddings = MMTextEmbeddings(config)
+        self.layers = nn.ModuleList([MMLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.word_embeddings = value
+
+    def encode(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Runs the layers over already-embedded tokens with a 2D `(B, L)` padding mask."""
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        attentions = ()
+        for layer in self.layers:
+            hidden_states, weights, _ = layer(hidden_states, mask, output_attentions=output_attentions)
+            attentions += (weights,)
+        return self.final_layer_norm(hidden_states), attentions
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        _check_input_ids(input_ids, self.config.vocab_size)
+        hidden_states, attentions = self.encode(
+            self.embeddings(input_ids, token_type_ids), attention_mask, output_attentions
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states[:, 0],
+            attentions=attentions if output_attentions else None,
+        )
+
+
+def _text_layer_config(config: MMConfig) -> PreTrainedConfig:
+    """Fusion and decoder layers take the text tower's width; for a foreign text config, an MMTextConfig copy of it."""
+    text = config.text_config
+    if isinstance(text, MMTextConfig):
+        return text
+    fields = {
+        name: getattr(text, name)
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "max_position_embeddings",
+            "layer_norm_eps",
+        )
+        if getattr(text, name, None) is not None
+    }
+    fields["pad_token_id"] = getattr(text, "pad_token_id", 0)
+    layer_config = MMTextConfig(**fields)
+    layer_config._attn_implementation = text._attn_implementation
+    return layer_config
+
+
+def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
+    if isinstance(sub_config, MMVisionConfig):
+        return MMVisionModel._from_config(sub_config)
+    if isinstance(sub_config, MMTextConfig):
+        return MMTextModel._from_config(sub_config)
+    # Foreign towers (ViT, CLIPVision, BERT, RoBERTa...) come from transformers itself; their randomly initialised
+    # poolers are left out where the class allows it, as we pool the [CLS] state ourselves.
+    try:
+        return AutoModel.from_config(sub_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(sub_config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Captioning decoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MMTextDecoder(nn.Module):
+    """Image-conditioned causal text decoder (BLIP-style): causal self-attention, cross-attention to image patches,
+    an LM head tied to its word embeddings. Shared by the pretraining LM objective and the captioning head."""
+
+    def __init__(self, config: MMConfig):
+        super().__init__()
+        self.config = _text_layer_config(config)
+        vision_hidden = config.vision_config.hidden_size
+        self.embeddings = MMTextEmbeddings(self.config)
+        self.layers = nn.ModuleList(
+            [
+                MMLayer(self.config, cross_attention_hidden_size=vision_hidden, is_causal=True, layer_idx=i)
+                for i in range(config.num_decoder_layers)
+            ]
+        )
+        self.final_layer_norm = nn.LayerNorm(self.config.hidden_size, eps=self.config.layer_norm_eps)
+        self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> MMDecoderOutput:
+        _check_input_ids(input_ids, self.config.vocab_size)
+        if use_cache:
+            # Generation hands us a plain DynamicCache; we also need a slot for the image keys/values.
+            if cache is None:
+                cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            elif not isinstance(cache, EncoderDecoderCache):
+                cache = EncoderDecoderCache(cache, DynamicCache())
+        else:
+            cache = None
+        past_length = cache.get_seq_length() if cache is not None else 0
+        hidden_states = self.embeddings(input_ids, past_length=past_length)  # (B, L, D)
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=input_ids.device)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            cache=cache.self_attention_cache if cache is not None else None,
+            position_ids=torch.arange(past_length, past_length + length, device=input_ids.device)[None],
+        )
+        for layer in self.layers:
+            hidden_states, _, _ = layer(
+                hidden_states, causal_mask, encoder_hidden_states, None, cache, output_attentions
+            )
+        hidden_states = self.final_layer_norm(hidden_states)
+        return MMDecoderOutput(logits=self.lm_head(hidden_states), cache=cache, last_hidden_state=hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MMModel
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MMModel(MMPreTrainedModel):
+    r"""
+    The bare MM model. Its parts depend on `config.fusion`:
+
+    - **late**: `vision_model` + `text_model` + `visual_projection` / `text_projection` + learnable temperature.
+    - **hybrid**: the late parts plus `fusion_layers`, text layers that cross-attend to the image patches.
+    - **early**: `vision_embeddings` (patches projected into the text width) + `text_model`, whose layers run over
+      the joint `[text ; image]` sequence with modality-type embeddings (ViLT / VisualBERT style).
+
+    Inputs: `input_ids` / `attention_mask` `(B, L)` and `pixel_values` `(B, C, H, W)` or video `(B, T, C, H, W)`.
+    Late and hybrid models also run text-only or image-only and then return just that side's features.
+    """
+
+    _checkpoint_conversion_mapping = {}
+
+    def __init__(self, config: MMConfig):
+        super().__init__(config)
+        self.fusion = config.fusion
+        text_hidden = config.text_config.hidden_size
+        vision_hidden = config.vision_config.hidden_size
+        self.text_model = _build_tower(config.text_config)
+        self.logit_scale = None
+        self.modality_type_embeddings = None
+        if config.fusion == "early":
+            self.vision_embeddings = MMVisionEmbeddings(config.vision_config, hidden_size=text_hidden)
+            self.modality_type_embeddings = nn.Embedding(2, text_hidden)
+        else:
+            self.vision_model = _build_tower(config.vision_config)
+            self.visual_projection = nn.Linear(vision_hidden, config.projection_dim, bias=False)
+            self.text_projection = nn.Linear(text_hidden, config.projection_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        if config.fusion == "hybrid":
+            layer_config = _text_layer_config(config)
+            self.fusion_layers = nn.ModuleList(
+                [
+                    MMLayer(layer_config, cross_attention_hidden_size=vision_hidden, layer_idx=i)
+                    for i in range(config.num_fusion_layers)
+                ]
+            )
+            self.fusion_layer_norm = nn.LayerNorm(text_hidden, eps=layer_config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    # -- unimodal encoders ------------------------------------------------------------------------------------------
+
+    def _require(self, fusion_styles: tuple[str, ...], what: str) -> None:
+        if self.fusion not in fusion_styles:
+            raise ValueError(f"{what} needs fusion in {fusion_styles}; this model has fusion={self.fusion!r}.")
+
+    def encode_image(
+        self,
+        pixel_values: torch.FloatTensor,
+        image_keep_indices: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        """Runs the vision tower on images `(B, C, H, W)` or frames `(B, T, C, H, W)`."""
+        self._require(("late", "hybrid"), "encode_image")
+        _check_pixel_values(pixel_values)
+        if isinstance(self.vision_model, MMVisionModel):
+            return self.vision_model(
+                pixel_values, image_keep_indices=image_keep_indices, output_attentions=output_attentions
+            )
+        if image_keep_indices is not None:
+            raise ValueError("image_keep_indices (FLIP) needs the built-in MMVisionModel tower.")
+        if pixel_values.ndim == 5:
+            # Foreign image towers see a clip as T images; their tokens are concatenated and the pooled states averaged.
+            batch, frames = pixel_values.shape[:2]
+            out = self.vision_model(pixel_values=pixel_values.flatten(0, 1))
+            hidden = out.last_hidden_state.reshape(batch, -1, out.last_hidden_state.shape[-1])
+            pooled = _pooled(out).reshape(batch, frames, -1).mean(1)
+            return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+        out = self.vision_model(pixel_values=pixel_values)
+        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=_pooled(out))
+
+    def encode_text(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Runs the text tower; the pooled state is the `[CLS]` token."""
+        self._require(("late", "hybrid"), "encode_text")
+        _check_input_ids(input_ids, self.config.text_config.vocab_size)
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.last_hidden_state[:, 0])
+
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, image_keep_indices: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        """L2-normalised projected image embeddings `(B, projection_dim)`."""
+        pooled = self.encode_image(pixel_values, image_keep_indices).pooler_output
+        return nn.functional.normalize(self.visual_projection(pooled), dim=-1)
+
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> torch.FloatTensor:
+        """L2-normalised projected text embeddings `(B, projection_dim)`."""
+        pooled = self.encode_text(input_ids, attention_mask, token_type_ids).pooler_output
+        return nn.functional.normalize(self.text_projection(pooled), dim=-1)
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        # CLIP clamps the learned temperature at 100 so the logits cannot blow up.
+        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+
+    # -- fusion -------------------------------------------------------------------------------------------------------
+
+    def fuse(
+        self,
+        text_hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_hidden: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Hybrid fusion: text states `(B, L, Dt)` cross-attend to image states `(B, N, Dv)`; returns `(B, L, Dt)`."""
+        self._require(("hybrid",), "fuse")
+        mask = create_bidirectional_mask(
+            config=self.fusion_layers[0].self_attn.config, inputs_embeds=text_hidden, attention_mask=attention_mask
+        )
+        cross_attentions = ()
+        hidden_states = text_hidden
+        for layer in self.fusion_layers:
+            hidden_states, _, cross = layer(hidden_states, mask, image_hidden, None, None, output_attentions)
+            cross_attentions += (cross,)
+        return self.fusion_layer_norm(hidden_states), cross_attentions
+
+    def joint_encode(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Early fusion: one Transformer over `[text ; image]`; returns `(B, L + 1 + patches, D)`."""
+        self._require(("early",), "joint_encode")
+        _check_input_ids(input_ids, self.config.text_config.vocab_size)
+        _check_pixel_values(pixel_values)
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"input_ids has batch {input_ids.shape[0]} but pixel_values has batch {pixel_values.shape[0]}."
+            )
+        text = self.text_model.embeddings(input_ids, token_type_ids)  # (B, L, D)
+        image, _ = self.vision_embeddings(pixel_values)  # (B, 1+N, D)
+        text = text + self.modality_type_embeddings.weight[0]
+        image = image + self.modality_type_embeddings.weight[1]
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+        image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+        return self.text_model.encode(
+            torch.cat([text, image], dim=1), torch.cat([attention_mask, image_mask], dim=1), output_attentions
+        )
+
+    # -- forward ------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        image_keep_indices: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> MMModelOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(B, L)`): Token ids from the processor.
+            pixel_values (`torch.FloatTensor` of shape `(B, C, H, W)` or `(B, T, C, H, W)`): Images or video frames.
+            attention_mask (`torch.Tensor` of shape `(B, L)`): 1 for real tokens, 0 for padding.
+            token_type_ids (`torch.LongTensor` of shape `(B, L)`): Optional segment ids.
+            image_keep_indices (`torch.LongTensor` of shape `(B, K)`): Patch indices to keep (FLIP); built-in tower only.
+            return_loss (`bool`): Return the ITC loss over the batch (late and hybrid).
+            output_attentions (`bool`): Return fusion cross-attentions (hybrid) or joint attentions (early).
+        """
+        if self.fusion == "early":
+            if input_ids is None or pixel_values is None:
+                raise ValueError(
+                    "fusion='early' encodes text and image jointly: pass both input_ids and pixel_values "
+                    "(for unimodal features use a late or hybrid model)."
+                )
+            hidden, attentions = self.joint_encode(
+                input_ids, pixel_values, attention_mask, token_type_ids, output_attentions
+            )
+            return MMModelOutput(
+                last_hidden_state=hidden,
+                pooler_output=hidden[:, 0],
+                attentions=attentions if output_attentions else None,
+            )
+
+        if input_ids is None and pixel_values is None:
+            raise ValueError("Pass input_ids, pixel_values, or both.")
+        text_out = self.encode_text(input_ids, attention_mask, token_type_ids) if input_ids is not None else None
+        image_out = self.encode_image(pixel_values, image_keep_indices) if pixel_values is not None else None
+        text_embeds = image_embeds = logits_per_image = logits_per_text = loss = None
+        if text_out is not None:
+            text_embeds = nn.functional.normalize(self.text_projection(text_out.pooler_output), dim=-1)
+        if image_out is not None:
+            image_embeds = nn.functional.normalize(self.visual_projection(image_out.pooler_output), dim=-1)
+        if text_embeds is not None and image_embeds is not None:
+            logits_per_text = text_embeds @ image_embeds.t() * self.clamped_logit_scale()  # (B_text, B_image)
+            logits_per_image = logits_per_text.t()
+            if return_loss:
+                from .losses import contrastive_loss
+
+                loss = contrastive_loss(image_embeds, text_embeds, self.clamped_logit_scale())
+        fused = pooled = cross_attentions = None
+        if self.fusion == "hybrid" and text_out is not None and image_out is not None:
+            if text_out.last_hidden_state.shape[0] != image_out.last_hidden_state.shape[0]:
+                raise ValueError(
+                    f"Hybrid fusion pairs texts with images: input_ids has batch {text_out.last_hidden_state.shape[0]} "
+                    f"but pixel_values has batch {image_out.last_hidden_state.shape[0]}."
+                )
+            fused, cross_attentions = self.fuse(
+                text_out.last_hidden_state, attention_mask, image_out.last_hidden_state, output_attentions
+            )
+            pooled = fused[:, 0]
+        return MMModelOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            last_hidden_state=fused,
+            pooler_output=pooled,
+            text_last_hidden_state=text_out.last_hidden_state if text_out is not None else None,
+            image_last_hidden_state=image_out.last_hidden_state if image_out is not None else None,
+            cross_attentions=cross_attentions if output_attentions else None,
+        )
+
+    # -- composition from pretrained towers ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        vision_config: PreTrainedConfig | dict | None = None,
+        text_config: PreTrainedConfig | dict | None = None,
+        **kwargs,
+    ) -> "MMPreTrainedModel":
+        r"""
+        Builds a model (or any MM head, when called on it) whose towers are loaded from transformers checkpoints;
+        fusion, projection, decoder and head weights are newly initialised (and reported in the log).
+
+        Args:
+            vision_model_name_or_path (`str`): Folder or Hub id of a vision model (ViT, DeiT, CLIPVision...,
+                or an `MMVisionModel`). If `None`, a fresh tower from `vision_config`.
+            text_model_name_or_path (`str`): Folder or Hub id of a text encoder (BERT, RoBERTa..., or `MMTextModel`).
+            vision_config / text_config: Configs for towers that are not loaded.
+            kwargs: `MMConfig` fields (`fusion`, `num_fusion_layers`, ...) and `from_pretrained` options
+                (`attn_implementation`, `dtype`).
+        """
+        load_kwargs = {k: kwargs.pop(k) for k in ("attn_implementation", "dtype", "revision", "local_files_only") if k in kwargs}
+        towers: dict[str, PreTrainedModel] = {}
+        configs = {"vision_config": vision_config, "text_config": text_config}
+        for key, path in (("vision_config", vision_model_name_or_path), ("text_config", text_model_name_or_path)):
+            if path is None:
+                continue
+            sub_config = AutoConfig.from_pretrained(path, **{k: v for k, v in load_kwargs.items() if k != "dtype"})
+            if getattr(sub_config, "model_type", None) == "mm":
+                sub_config = getattr(sub_config, key)
+            if hasattr(sub_config, "vision_config") and key == "vision_config":
+                # A CLIP/SigLIP-style dual checkpoint: take its vision part.
+                sub_config = sub_config.vision_config
+            configs[key] = sub_config
+            if isinstance(sub_config, MMVisionConfig):
+                towers[key] = MMVisionModel.from_pretrained(path, **load_kwargs)
+            elif isinstance(sub_config, MMTextConfig):
+                towers[key] = MMTextModel.from_pretrained(path, **load_kwargs)
+            else:
+                towers[key] = _load_foreign_tower(sub_config, path, load_kwargs)
+                configs[key] = towers[key].config
+        config = MMConfig(**configs, **kwargs)
+        if "attn_implementation" in load_kwargs:
+            config._attn_implementation = load_kwargs["attn_implementation"]
+        model = cls(config)
+        base = model.base_model
+        for key, tower in towers.items():
+            name = "vision_model" if key == "vision_config" else "text_model"
+            if name == "vision_model" and config.fusion == "early":
+                raise ValueError("fusion='early' embeds patches itself; load a text tower only.")
+            missing, unexpected = getattr(base, name).load_state_dict(tower.state_dict(), strict=False)
+            if missing or unexpected:
+                raise ValueError(f"Could not load the {name} weights: missing {missing}, unexpected {unexpected}.")
+        # The captioning decoder starts from the text tower's word embeddings when the shapes agree.
+        decoder = getattr(model, "text_decoder", None)
+        if decoder is not None and "text_config" in towers:
+            source = base.text_model.get_input_embeddings().weight
+            if source.shape == decoder.embeddings.word_embeddings.weight.shape:
+                with torch.no_grad():
+                    decoder.embeddings.word_embeddings.weight.copy_(source)
+        new = [n for n, _ in model.named_parameters() if not n.startswith(("mm.vision_model", "mm.text_model", "vision_model", "text_model"))]
+        logger.warning(
+            f"Some weights of {cls.__name__} were not initialized from the tower checkpoints and are newly "
+            f"initialized: {sorted({'.'.join(n.split('.')[:3]) for n in new})}\n"
+            "You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference."
+        )
+        return model
+
+
+def _load_foreign_tower(sub_config: PreTrainedConfig, path: str, load_kwargs: dict) -> PreTrainedModel:
+    model_cls = AutoModel._model_mapping[type(sub_config)]
+    try:
+        return model_cls.from_pretrained(path, config=sub_config, add_pooling_layer=False, **load_kwargs)
+    except TypeError:
+        return model_cls.from_pretrained(path, config=sub_config, **load_kwargs)
+
+
+def _pooled(out: ModelOutput) -> torch.Tensor:
+    pooled = getattr(out, "pooler_output", None)
+    return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+
+def _check_pixel_values(pixel_values: torch.Tensor) -> None:
+    if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be a float tensor, got {getattr(pixel_values, 'dtype', type(pixel_values))}.")
+    if pixel_values.ndim not in (4, 5):
+        raise ValueError(
+            f"pixel_values must be (B, C, H, W) images or (B, T, C, H, W) video, got shape {tuple(pixel_values.shape)}."
+        )
