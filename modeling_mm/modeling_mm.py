@@ -6,7 +6,9 @@ Reading order: outputs -> attention -> layers -> embeddings -> towers (vision, t
 
 from collections.abc import Callable
 from dataclasses import dataclass
-import math
+import json
+import os
+import shutil
 
 import torch
 from torch import nn
@@ -98,6 +100,12 @@ class MMDecoderOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 # Attention and layers
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _is(config: PreTrainedConfig, config_cls: type[PreTrainedConfig]) -> bool:
+    # Compared by model_type, not class: under trust_remote_code the config and model code can be imported as two
+    # copies of configuration_mm, whose classes are not identical.
+    return getattr(config, "model_type", None) == config_cls.model_type
 
 
 def eager_attention_forward(
@@ -375,6 +383,34 @@ def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Every class a published folder exposes to `trust_remote_code` loading, whichever head was saved.
+REMOTE_CODE_AUTO_MAP: dict[str, str] = {
+    "AutoConfig": "configuration_mm.MMConfig",
+    "AutoModel": "modeling_mm.MMModel",
+    "AutoModelForPreTraining": "modeling_mm_heads.MMForPreTraining",
+    "AutoModelForVisualQuestionAnswering": "modeling_mm_heads.MMForVisualQuestionAnswering",
+    "AutoModelForImageTextToText": "modeling_mm_heads.MMForConditionalGeneration",
+    "AutoModelForZeroShotImageClassification": "modeling_mm.MMModel",
+    "AutoModelForSequenceClassification": "modeling_mm_heads.MMForImageTextClassification",
+}
+REMOTE_CODE_FILES = ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "losses.py")
+
+
+def write_remote_code(save_directory: str | os.PathLike) -> None:
+    """Copies the self-contained model code next to a checkpoint and lists every head in `config.json`'s `auto_map`,
+    so any Auto class loads the folder with `trust_remote_code=True` in a process without this package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, name))
+    config_file = os.path.join(save_directory, "config.json")
+    with open(config_file, encoding="utf-8") as f:
+        config = json.load(f)
+    config["auto_map"] = {**config.get("auto_map", {}), **REMOTE_CODE_AUTO_MAP}
+    with open(config_file, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 class MMPreTrainedModel(PreTrainedModel):
     config: MMConfig
     config_class = MMConfig
@@ -387,6 +423,81 @@ class MMPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    # -- composition from pretrained towers ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        vision_config: PreTrainedConfig | dict | None = None,
+        text_config: PreTrainedConfig | dict | None = None,
+        **kwargs,
+    ) -> "MMPreTrainedModel":
+        r"""
+        Builds a model (or any MM head, when called on it) whose towers are loaded from transformers checkpoints;
+        fusion, projection, decoder and head weights are newly initialised (and reported in the log).
+
+        Args:
+            vision_model_name_or_path (`str`): Folder or Hub id of a vision model (ViT, DeiT, CLIPVision...,
+                or an `MMVisionModel`). If `None`, a fresh tower from `vision_config`.
+            text_model_name_or_path (`str`): Folder or Hub id of a text encoder (BERT, RoBERTa..., or `MMTextModel`).
+            vision_config / text_config: Configs for towers that are not loaded.
+            kwargs: `MMConfig` fields (`fusion`, `num_fusion_layers`, ...) and `from_pretrained` options
+                (`attn_implementation`, `dtype`).
+        """
+        load_kwargs = {k: kwargs.pop(k) for k in ("attn_implementation", "dtype", "revision", "local_files_only") if k in kwargs}
+        towers: dict[str, PreTrainedModel] = {}
+        configs = {"vision_config": vision_config, "text_config": text_config}
+        for key, path in (("vision_config", vision_model_name_or_path), ("text_config", text_model_name_or_path)):
+            if path is None:
+                continue
+            sub_config = AutoConfig.from_pretrained(path, **{k: v for k, v in load_kwargs.items() if k != "dtype"})
+            if getattr(sub_config, "model_type", None) == "mm":
+                sub_config = getattr(sub_config, key)
+            if hasattr(sub_config, "vision_config") and key == "vision_config":
+                # A CLIP/SigLIP-style dual checkpoint: take its vision part.
+                sub_config = sub_config.vision_config
+            configs[key] = sub_config
+            if _is(sub_config, MMVisionConfig):
+                towers[key] = MMVisionModel.from_pretrained(path, **load_kwargs)
+            elif _is(sub_config, MMTextConfig):
+                towers[key] = MMTextModel.from_pretrained(path, **load_kwargs)
+            else:
+                towers[key] = _load_foreign_tower(sub_config, path, load_kwargs)
+                configs[key] = towers[key].config
+        config = MMConfig(**configs, **kwargs)
+        if "attn_implementation" in load_kwargs:
+            config._attn_implementation = load_kwargs["attn_implementation"]
+        model = cls(config)
+        base = model.base_model
+        for key, tower in towers.items():
+            name = "vision_model" if key == "vision_config" else "text_model"
+            if name == "vision_model" and config.fusion == "early":
+                raise ValueError("fusion='early' embeds patches itself; load a text tower only.")
+            missing, unexpected = getattr(base, name).load_state_dict(tower.state_dict(), strict=False)
+            if missing or unexpected:
+                raise ValueError(f"Could not load the {name} weights: missing {missing}, unexpected {unexpected}.")
+        # The captioning decoder starts from the text tower's word embeddings when the shapes agree.
+        decoder = getattr(model, "text_decoder", None)
+        if decoder is not None and "text_config" in towers:
+            source = base.text_model.get_input_embeddings().weight
+            if source.shape == decoder.embeddings.word_embeddings.weight.shape:
+                with torch.no_grad():
+                    decoder.embeddings.word_embeddings.weight.copy_(source)
+        new = [n for n, _ in model.named_parameters() if not n.startswith(("mm.vision_model", "mm.text_model", "vision_model", "text_model"))]
+        logger.warning(
+            f"Some weights of {cls.__name__} were not initialized from the tower checkpoints and are newly "
+            f"initialized: {sorted({'.'.join(n.split('.')[:3]) for n in new})}\n"
+            "You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference."
+        )
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self._auto_class is not None and _is(self.config, MMConfig) and kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
@@ -509,7 +620,7 @@ class MMTextModel(MMPreTrainedModel):
 def _text_layer_config(config: MMConfig) -> PreTrainedConfig:
     """Fusion and decoder layers take the text tower's width; for a foreign text config, an MMTextConfig copy of it."""
     text = config.text_config
-    if isinstance(text, MMTextConfig):
+    if _is(text, MMTextConfig):
         return text
     fields = {
         name: getattr(text, name)
@@ -533,9 +644,9 @@ def _text_layer_config(config: MMConfig) -> PreTrainedConfig:
 
 
 def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
-    if isinstance(sub_config, MMVisionConfig):
+    if _is(sub_config, MMVisionConfig):
         return MMVisionModel._from_config(sub_config)
-    if isinstance(sub_config, MMTextConfig):
+    if _is(sub_config, MMTextConfig):
         return MMTextModel._from_config(sub_config)
     # Foreign towers (ViT, CLIPVision, BERT, RoBERTa...) come from transformers itself; their randomly initialised
     # poolers are left out where the class allows it, as we pool the [CLS] state ourselves.
@@ -850,77 +961,6 @@ class MMModel(MMPreTrainedModel):
             image_last_hidden_state=image_out.last_hidden_state if image_out is not None else None,
             cross_attentions=cross_attentions if output_attentions else None,
         )
-
-    # -- composition from pretrained towers ---------------------------------------------------------------------------
-
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_model_name_or_path: str | None = None,
-        text_model_name_or_path: str | None = None,
-        vision_config: PreTrainedConfig | dict | None = None,
-        text_config: PreTrainedConfig | dict | None = None,
-        **kwargs,
-    ) -> "MMPreTrainedModel":
-        r"""
-        Builds a model (or any MM head, when called on it) whose towers are loaded from transformers checkpoints;
-        fusion, projection, decoder and head weights are newly initialised (and reported in the log).
-
-        Args:
-            vision_model_name_or_path (`str`): Folder or Hub id of a vision model (ViT, DeiT, CLIPVision...,
-                or an `MMVisionModel`). If `None`, a fresh tower from `vision_config`.
-            text_model_name_or_path (`str`): Folder or Hub id of a text encoder (BERT, RoBERTa..., or `MMTextModel`).
-            vision_config / text_config: Configs for towers that are not loaded.
-            kwargs: `MMConfig` fields (`fusion`, `num_fusion_layers`, ...) and `from_pretrained` options
-                (`attn_implementation`, `dtype`).
-        """
-        load_kwargs = {k: kwargs.pop(k) for k in ("attn_implementation", "dtype", "revision", "local_files_only") if k in kwargs}
-        towers: dict[str, PreTrainedModel] = {}
-        configs = {"vision_config": vision_config, "text_config": text_config}
-        for key, path in (("vision_config", vision_model_name_or_path), ("text_config", text_model_name_or_path)):
-            if path is None:
-                continue
-            sub_config = AutoConfig.from_pretrained(path, **{k: v for k, v in load_kwargs.items() if k != "dtype"})
-            if getattr(sub_config, "model_type", None) == "mm":
-                sub_config = getattr(sub_config, key)
-            if hasattr(sub_config, "vision_config") and key == "vision_config":
-                # A CLIP/SigLIP-style dual checkpoint: take its vision part.
-                sub_config = sub_config.vision_config
-            configs[key] = sub_config
-            if isinstance(sub_config, MMVisionConfig):
-                towers[key] = MMVisionModel.from_pretrained(path, **load_kwargs)
-            elif isinstance(sub_config, MMTextConfig):
-                towers[key] = MMTextModel.from_pretrained(path, **load_kwargs)
-            else:
-                towers[key] = _load_foreign_tower(sub_config, path, load_kwargs)
-                configs[key] = towers[key].config
-        config = MMConfig(**configs, **kwargs)
-        if "attn_implementation" in load_kwargs:
-            config._attn_implementation = load_kwargs["attn_implementation"]
-        model = cls(config)
-        base = model.base_model
-        for key, tower in towers.items():
-            name = "vision_model" if key == "vision_config" else "text_model"
-            if name == "vision_model" and config.fusion == "early":
-                raise ValueError("fusion='early' embeds patches itself; load a text tower only.")
-            missing, unexpected = getattr(base, name).load_state_dict(tower.state_dict(), strict=False)
-            if missing or unexpected:
-                raise ValueError(f"Could not load the {name} weights: missing {missing}, unexpected {unexpected}.")
-        # The captioning decoder starts from the text tower's word embeddings when the shapes agree.
-        decoder = getattr(model, "text_decoder", None)
-        if decoder is not None and "text_config" in towers:
-            source = base.text_model.get_input_embeddings().weight
-            if source.shape == decoder.embeddings.word_embeddings.weight.shape:
-                with torch.no_grad():
-                    decoder.embeddings.word_embeddings.weight.copy_(source)
-        new = [n for n, _ in model.named_parameters() if not n.startswith(("mm.vision_model", "mm.text_model", "vision_model", "text_model"))]
-        logger.warning(
-            f"Some weights of {cls.__name__} were not initialized from the tower checkpoints and are newly "
-            f"initialized: {sorted({'.'.join(n.split('.')[:3]) for n in new})}\n"
-            "You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference."
-        )
-        return model
-
 
 def _load_foreign_tower(sub_config: PreTrainedConfig, path: str, load_kwargs: dict) -> PreTrainedModel:
     model_cls = AutoModel._model_mapping[type(sub_config)]
