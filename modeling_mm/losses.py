@@ -15,7 +15,6 @@ __all__ = [
     "gather_features",
     "distributed_info",
     "itm_loss",
-    "masked_lm_loss",
     "causal_lm_loss",
     "sample_hard_negatives",
 ]
@@ -101,14 +100,6 @@ def sample_hard_negatives(
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Binary image-text matching cross-entropy over `(N, 2)` logits; label 1 = matched pair."""
     return nn.functional.cross_entropy(logits, labels)
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """MLM cross-entropy over `(B, L, V)` logits; `labels` is -100 except at masked positions."""
-    if not (labels != -100).any():
-        # A batch where nothing was masked contributes zero (not NaN), keeping the graph connected.
-        return logits.sum() * 0.0
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -165,6 +165,7 @@ class MMAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
+        kv_index: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, Lq, d)
@@ -175,9 +176,14 @@ class MMAttention(nn.Module):
             key, value = layer.keys, layer.values
         else:
             source = key_value_states if self.is_cross_attention else hidden_states
+            if source is None:
+                raise ValueError("Cross-attention needs image states (pixel_values), and none are cached.")
             kv_shape = (*source.shape[:-1], -1, self.head_dim)
-            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, H, Lk, d)
+            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B_src, H, Lk, d)
             value = self.v_proj(source).view(kv_shape).transpose(1, 2)
+            if kv_index is not None:
+                # Several queries rows share one image (ITM negatives): project each image once, then gather.
+                key, value = key[kv_index], value[kv_index]  # (B, H, Lk, d)
             if isinstance(cache, EncoderDecoderCache):
                 if self.is_cross_attention:
                     key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
@@ -248,6 +254,7 @@ class MMLayer(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         output_attentions: bool = False,
+        encoder_index: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         attn_out, self_weights = self.self_attn(
             self.layer_norm1(hidden_states), attention_mask, cache=cache, output_attentions=output_attentions
@@ -261,6 +268,7 @@ class MMLayer(GradientCheckpointingLayer):
                 key_value_states=encoder_hidden_states,
                 cache=cache,
                 output_attentions=output_attentions,
+                kv_index=encoder_index,
             )
             hidden_states = hidden_states + self.dropout(cross_out)
         hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
@@ -688,7 +696,9 @@ class MMTextDecoder(nn.Module):
         cache: Cache | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
+        compute_logits: bool = True,
     ) -> MMDecoderOutput:
+        """`compute_logits=False` returns only the hidden states, for callers that score a subset of positions."""
         _check_input_ids(input_ids, self.config.vocab_size)
         if use_cache:
             # Generation hands us a plain DynamicCache; we also need a slot for the image keys/values.
@@ -715,7 +725,8 @@ class MMTextDecoder(nn.Module):
                 hidden_states, causal_mask, encoder_hidden_states, None, cache, output_attentions
             )
         hidden_states = self.final_layer_norm(hidden_states)
-        return MMDecoderOutput(logits=self.lm_head(hidden_states), cache=cache, last_hidden_state=hidden_states)
+        logits = self.lm_head(hidden_states) if compute_logits else None
+        return MMDecoderOutput(logits=logits, cache=cache, last_hidden_state=hidden_states)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -844,8 +855,10 @@ class MMModel(MMPreTrainedModel):
         attention_mask: torch.Tensor | None,
         image_hidden: torch.Tensor,
         output_attentions: bool = False,
+        image_index: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Hybrid fusion: text states `(B, L, Dt)` cross-attend to image states `(B, N, Dv)`; returns `(B, L, Dt)`."""
+        """Hybrid fusion: text states `(B, L, Dt)` cross-attend to image states `(B, N, Dv)`; returns `(B, L, Dt)`.
+        With `image_index` `(B,)`, text row i attends to `image_hidden[image_index[i]]` (images projected once)."""
         self._require(("hybrid",), "fuse")
         mask = create_bidirectional_mask(
             config=self.fusion_layers[0].self_attn.config, inputs_embeds=text_hidden, attention_mask=attention_mask
@@ -853,7 +866,9 @@ class MMModel(MMPreTrainedModel):
         cross_attentions = ()
         hidden_states = text_hidden
         for layer in self.fusion_layers:
-            hidden_states, _, cross = layer(hidden_states, mask, image_hidden, None, None, output_attentions)
+            hidden_states, _, cross = layer(
+                hidden_states, mask, image_hidden, None, None, output_attentions, image_index
+            )
             cross_attentions += (cross,)
         return self.fusion_layer_norm(hidden_states), cross_attentions
 

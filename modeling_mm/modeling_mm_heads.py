@@ -18,14 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 from transformers.utils import ModelOutput
 
 from .configuration_mm import MMConfig
-from .losses import (
-    causal_lm_loss,
-    contrastive_loss,
-    distributed_info,
-    itm_loss,
-    masked_lm_loss,
-    sample_hard_negatives,
-)
+from .losses import causal_lm_loss, contrastive_loss, distributed_info, itm_loss, sample_hard_negatives
 from .modeling_mm import MMModel, MMPreTrainedModel, MMTextDecoder
 
 
@@ -53,8 +46,10 @@ class MMForPreTrainingOutput(ModelOutput):
         logits_per_image (`torch.FloatTensor` of shape `(B, B)`): ITC logits of the local batch.
         itm_logits (`torch.FloatTensor` of shape `(P, 2)`): ITM scores of positives then hard negatives.
         itm_labels (`torch.LongTensor` of shape `(P,)`): 1 for matched pairs, 0 for negatives.
-        mlm_logits (`torch.FloatTensor` of shape `(B, L, V)`): MLM predictions over the text positions.
-        lm_logits (`torch.FloatTensor` of shape `(B, L, V)`): Captioning decoder predictions.
+        mlm_logits (`torch.FloatTensor` of shape `(N_masked, V)`): MLM predictions at the masked positions, in
+            row-major order of `mlm_labels != -100`.
+        lm_logits (`torch.FloatTensor` of shape `(N_targets, V)`): Captioning predictions of every real next token
+            (positions whose target is not padding), in row-major order.
     """
 
     loss: torch.FloatTensor | None = None
@@ -254,7 +249,9 @@ class MMForPreTraining(MMPreTrainedModel):
                 # Pairs: positives (i, i); (image i, hard negative text); (hard negative image, text j).
                 image_idx = torch.cat([rows, rows[has_t], neg_image[has_i]])
                 text_idx = torch.cat([rows, neg_text[has_t], rows[has_i]])
-                fused, _ = mm.fuse(text.last_hidden_state[text_idx], attention_mask[text_idx], image_hidden[image_idx])
+                fused, _ = mm.fuse(
+                    text.last_hidden_state[text_idx], attention_mask[text_idx], image_hidden, image_index=image_idx
+                )
                 logits = self.itm_head(fused[:, 0])
                 labels = torch.cat([torch.ones_like(rows), torch.zeros_like(text_idx[rows.shape[0]:])])
                 losses["itm"] = itm_loss(logits, labels)
@@ -262,14 +259,25 @@ class MMForPreTraining(MMPreTrainedModel):
         if "mlm" in objectives:
             masked = mm.encode_text(mlm_input_ids, attention_mask)
             fused, _ = mm.fuse(masked.last_hidden_state, attention_mask, image_hidden)
-            logits = self.mlm_head(fused)
-            losses["mlm"] = masked_lm_loss(logits, mlm_labels)
-            out["mlm_logits"] = logits
+            losses["mlm"], out["mlm_logits"] = self._masked_lm(fused, mlm_labels)
         if "lm" in objectives:
-            decoded = self.text_decoder(input_ids, image_hidden, attention_mask)
-            labels = input_ids.masked_fill(attention_mask == 0, -100)
-            losses["lm"] = causal_lm_loss(decoded.logits, labels)
-            out["lm_logits"] = decoded.logits
+            hidden = self.text_decoder(input_ids, image_hidden, attention_mask, compute_logits=False).last_hidden_state
+            # Position t predicts token t+1; only real (non-padding) targets are scored, which skips the vocabulary
+            # projection of every padded position.
+            targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+            valid = targets != -100
+            logits = self.text_decoder.lm_head(hidden[:, :-1][valid])  # (N_valid, V)
+            losses["lm"] = nn.functional.cross_entropy(logits.float(), targets[valid])
+            out["lm_logits"] = logits
+
+    def _masked_lm(self, hidden: torch.Tensor, mlm_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MLM loss and logits at the masked positions only: `(N_masked, V)`. Projecting just those rows onto the
+        vocabulary (~15% of tokens) instead of every position is most of the MLM head's cost."""
+        masked = mlm_labels != -100
+        logits = self.mlm_head(hidden[masked])
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0, logits
+        return nn.functional.cross_entropy(logits.float(), mlm_labels[masked]), logits
 
     def _early_objectives(
         self, input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids, losses, out
@@ -293,9 +301,7 @@ class MMForPreTraining(MMPreTrainedModel):
             out["itm_logits"], out["itm_labels"] = logits, labels
         if "mlm" in objectives:
             hidden, _ = self.mm.joint_encode(mlm_input_ids, pixel_values, attention_mask)
-            logits = self.mlm_head(hidden[:, :length])
-            losses["mlm"] = masked_lm_loss(logits, mlm_labels)
-            out["mlm_logits"] = logits
+            losses["mlm"], out["mlm_logits"] = self._masked_lm(hidden[:, :length], mlm_labels)
 
 
 class _MMClassifierBase(MMPreTrainedModel):
@@ -458,7 +464,9 @@ class MMForImageTextRetrieval(MMForPreTraining):
         top = scores.topk(k, dim=1).indices  # (B_image, k)
         image_idx = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(k)
         text_idx = top.reshape(-1)
-        fused, _ = mm.fuse(text.last_hidden_state[text_idx], attention_mask[text_idx], image.last_hidden_state[image_idx])
+        fused, _ = mm.fuse(
+            text.last_hidden_state[text_idx], attention_mask[text_idx], image.last_hidden_state, image_index=image_idx
+        )
         match = self.itm_head(fused[:, 0]).softmax(-1)[:, 1].view(-1, k)
         return scores.scatter(1, top, 1.0 + match)
 

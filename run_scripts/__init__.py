@@ -1,0 +1,1 @@
+"""Run scripts: pretrain, finetune, evaluate, publish, explain."""

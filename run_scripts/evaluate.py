@@ -1,0 +1,303 @@
+"""Evaluate an MM checkpoint (folder, LoRA adapter folder, or Hub id) on a task; writes JSON and a Markdown table.
+
+    python run_scripts/evaluate.py --model_name_or_path outputs/pretrain --task zero_shot
+    python run_scripts/evaluate.py --model_name_or_path outputs/vqa --task vqa --output_file outputs/vqa/eval.json
+    python run_scripts/evaluate.py --model_name_or_path outputs/vqa-lora --task vqa     # adapter folder: merged on load
+
+Tasks: `zero_shot` (easy-VQA colour x shape classes by ITC) and `retrieval` (recall@K both ways), `vqa`,
+`captioning` (generate + BLEU/ROUGE-L/CIDEr-D), `classification`.
+"""
+
+from dataclasses import dataclass, field
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import modeling_mm  # noqa: E402,F401  (registers the Auto classes)
+from modeling_mm import (  # noqa: E402
+    MMForConditionalGeneration,
+    MMForImageTextClassification,
+    MMForVisualQuestionAnswering,
+    MMModel,
+)
+
+
+logger = logging.getLogger("evaluate")
+
+__all__ = [
+    "EvalArguments",
+    "class_level_recall",
+    "evaluate_captioning",
+    "evaluate_classification",
+    "evaluate_vqa",
+    "evaluate_zero_shot_easy_vqa",
+    "load_for_task",
+    "main",
+    "results_markdown",
+]
+
+TASK_MODELS = {
+    "zero_shot": MMModel,
+    "retrieval": MMModel,
+    "vqa": MMForVisualQuestionAnswering,
+    "captioning": MMForConditionalGeneration,
+    "classification": MMForImageTextClassification,
+}
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str = field(metadata={"help": "Checkpoint folder, LoRA adapter folder, or Hub id."})
+    task: str = field(default="zero_shot", metadata={"help": "zero_shot, retrieval, vqa, captioning, classification."})
+    dataset: str = field(default="easy_vqa", metadata={"help": "'easy_vqa' or an image folder with metadata."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples only."})
+    max_new_tokens: int = field(default=12, metadata={"help": "Captioning: tokens to generate."})
+    num_beams: int = field(default=1, metadata={"help": "Captioning: beam width."})
+    output_file: str | None = field(default=None, metadata={"help": "JSON results (default: <model>/eval_<task>.json)."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (pin it for remote code)."})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_for_task(path: str, task: str, revision: str | None = None):
+    """Loads the task's model and the processor from a checkpoint folder, a Hub id, or a LoRA adapter folder (whose
+    `adapter_config.json` names the base checkpoint; the adapter is merged for evaluation)."""
+    from processing import MMProcessor
+
+    if task not in TASK_MODELS:
+        raise SystemExit(f"--task must be one of {sorted(TASK_MODELS)}, got {task!r}.")
+    model_cls = TASK_MODELS[task]
+    kwargs = {"revision": revision} if revision else {}
+    adapter_config = os.path.join(path, "adapter_config.json")
+    if os.path.isfile(adapter_config):
+        from peft import PeftModel
+
+        with open(adapter_config) as f:
+            base_path = json.load(f).get("base_model_name_or_path")
+        if not base_path:
+            raise SystemExit(f"{adapter_config} has no base_model_name_or_path; cannot rebuild the base model.")
+        base = model_cls.from_pretrained(base_path, **kwargs)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        processor_path = path if os.path.isfile(os.path.join(path, "processor_config.json")) else base_path
+    else:
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise SystemExit(f"{path} has neither config.json nor adapter_config.json: not a checkpoint.")
+        model = model_cls.from_pretrained(path, **kwargs)
+        processor_path = path
+    processor = MMProcessor.from_pretrained(processor_path, **kwargs)
+    return model.eval(), processor
+
+
+def _load_split(dataset: str, split: str, view: str):
+    from processing.data import load_easy_vqa, load_image_folder
+
+    if dataset == "easy_vqa":
+        data = load_easy_vqa(view=view)
+        if split not in data:
+            raise SystemExit(f"easy_vqa has splits {list(data)}, not {split!r}.")
+        return data[split]
+    return load_image_folder(dataset, split=split)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Metrics over a whole split
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def class_level_recall(
+    similarity: torch.Tensor, image_labels: torch.Tensor, text_labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Recall@K when many images share one text (easy-VQA: 24 captions for 1,000 images), so instance-level recall
+    is undefined: image->text is a hit if a top-K text has the image's label; text->image if a top-K image does.
+
+    Args:
+        similarity: `(num_images, num_texts)` scores.
+        image_labels: `(num_images,)`; text_labels: `(num_texts,)` class of each side.
+    """
+    out = {}
+    for k in ks:
+        top_t = similarity.topk(min(k, similarity.shape[1]), dim=1).indices  # (I, k)
+        out[f"i2t_recall@{k}"] = float((text_labels[top_t] == image_labels[:, None]).any(1).float().mean())
+        top_i = similarity.t().topk(min(k, similarity.shape[0]), dim=1).indices  # (T, k)
+        out[f"t2i_recall@{k}"] = float((image_labels[top_i] == text_labels[:, None]).any(1).float().mean())
+    return out
+
+
+def _batches(dataset, batch_size: int, desc: str):
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch"):
+        yield dataset[start : start + batch_size]
+
+
+@torch.no_grad()
+def evaluate_zero_shot_easy_vqa(
+    model: MMModel, processor, test_images=None, batch_size: int = 128, max_samples: int | None = None
+) -> dict[str, float]:
+    """Zero-shot classification of easy-VQA test images into the 24 colour x shape classes with prompts
+    "a {colour} {shape}" (ITC similarity), plus class-level image<->text recall@1/5 over those prompts."""
+    from processing.data import EASY_VQA_COLORS, EASY_VQA_SHAPES, load_easy_vqa
+
+    if model.config.fusion == "early":
+        raise ValueError("Zero-shot classification by ITC needs fusion 'late' or 'hybrid'.")
+    if test_images is None:
+        test_images = load_easy_vqa(view="images")["test"]
+    if max_samples is not None:
+        test_images = test_images.select(range(min(max_samples, len(test_images))))
+    was_training = model.training
+    model.eval()
+    prompts = [f"a {color} {shape}" for color in EASY_VQA_COLORS for shape in EASY_VQA_SHAPES]
+    device = next(model.parameters()).device
+    text_inputs = processor(text=prompts, padding=True, return_tensors="pt").to(device)
+    text_embeds = model.get_text_features(text_inputs["input_ids"], text_inputs["attention_mask"])  # (24, P)
+    image_embeds, labels = [], []
+    for batch in _batches(test_images, batch_size, "zero-shot"):
+        pixel_values = processor(images=batch["image"], return_tensors="pt")["pixel_values"].to(device)
+        image_embeds.append(model.get_image_features(pixel_values))
+        labels += [prompts.index(f"a {c} {s}") for c, s in zip(batch["color"], batch["shape"])]
+    image_embeds = torch.cat(image_embeds)
+    labels = torch.tensor(labels, device=device)
+    similarity = image_embeds @ text_embeds.t()  # (N, 24)
+    results = {"zero_shot_top1": float((similarity.argmax(1) == labels).float().mean()), "num_images": len(labels)}
+    results.update(class_level_recall(similarity, labels, torch.arange(len(prompts), device=device)))
+    model.train(was_training)
+    return results
+
+
+@torch.no_grad()
+def evaluate_vqa(model: MMForVisualQuestionAnswering, processor, questions, batch_size: int = 64) -> dict[str, float]:
+    """Classifier VQA: argmax answer per question, scored with the local `vqa_accuracy` evaluate module."""
+    from metrics import load_metric
+
+    id2label = model.config.id2label
+    device = next(model.parameters()).device
+    predictions, references = [], []
+    for batch in _batches(questions, batch_size, "vqa"):
+        inputs = processor(
+            images=batch["image"], text=batch["question"], padding=True, truncation=True, return_tensors="pt"
+        ).to(device)
+        logits = model(**inputs).logits
+        predictions += [id2label[int(i)] for i in logits.argmax(-1)]
+        references += list(batch["answer"])
+    results = load_metric("vqa_accuracy").compute(predictions=predictions, references=references)
+    results["num_questions"] = len(predictions)
+    return results
+
+
+@torch.no_grad()
+def evaluate_captioning(
+    model: MMForConditionalGeneration,
+    processor,
+    images,
+    batch_size: int = 64,
+    max_new_tokens: int = 12,
+    num_beams: int = 1,
+    text_column: str = "caption",
+) -> dict[str, float]:
+    """Generates a caption per image and scores it (BLEU-1..4, ROUGE-L, CIDEr-D, exact match)."""
+    from metrics import load_metric
+
+    device = next(model.parameters()).device
+    predictions, references = [], []
+    for batch in _batches(images, batch_size, "captioning"):
+        pixel_values = processor(images=batch["image"], return_tensors="pt")["pixel_values"].to(device)
+        generated = model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        predictions += [t.strip() for t in processor.batch_decode(generated, skip_special_tokens=True)]
+        references += list(batch[text_column])
+    results = load_metric("captioning").compute(predictions=predictions, references=references)
+    results["exact_match"] = float(np.mean([p == r.strip().lower() for p, r in zip(predictions, references)]))
+    results["num_images"] = len(predictions)
+    results["examples"] = [{"prediction": p, "reference": r} for p, r in list(zip(predictions, references))[:5]]
+    return results
+
+
+@torch.no_grad()
+def evaluate_classification(
+    model: MMForImageTextClassification, processor, rows, batch_size: int = 64, text_column: str = "text",
+    label_column: str = "label",
+) -> dict[str, float]:
+    from metrics import load_metric
+
+    label2id = model.config.label2id
+    device = next(model.parameters()).device
+    predictions, references = [], []
+    for batch in _batches(rows, batch_size, "classification"):
+        inputs = processor(
+            images=batch["image"], text=batch[text_column], padding=True, truncation=True, return_tensors="pt"
+        ).to(device)
+        predictions += model(**inputs).logits.argmax(-1).tolist()
+        references += [label2id[str(label)] if str(label) in label2id else int(label) for label in batch[label_column]]
+    results = load_metric("classification").compute(predictions=predictions, references=references)
+    results["num_examples"] = len(predictions)
+    return results
+
+
+def results_markdown(task: str, model_name: str, results: dict) -> str:
+    rows = [(k, v) for k, v in results.items() if isinstance(v, (int, float))]
+    lines = [f"| {task} on {model_name} | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> dict:
+    from run_scripts.common import parse_args, setup_logging
+
+    (eval_args,) = parse_args((EvalArguments,), args)
+    setup_logging()
+    start = time.time()
+    model, processor = load_for_task(eval_args.model_name_or_path, eval_args.task, eval_args.revision)
+    task = eval_args.task
+    if task in ("zero_shot", "retrieval"):
+        if eval_args.dataset != "easy_vqa":
+            raise SystemExit("zero_shot/retrieval evaluation is implemented for --dataset easy_vqa.")
+        images = _load_split(eval_args.dataset, eval_args.split, "images")
+        results = evaluate_zero_shot_easy_vqa(model, processor, images, eval_args.batch_size, eval_args.max_samples)
+    else:
+        view = "questions" if task == "vqa" else "images"
+        rows = _load_split(eval_args.dataset, eval_args.split, view)
+        if eval_args.max_samples is not None:
+            rows = rows.select(range(min(eval_args.max_samples, len(rows))))
+        if task == "vqa":
+            results = evaluate_vqa(model, processor, rows, eval_args.batch_size)
+        elif task == "captioning":
+            results = evaluate_captioning(
+                model, processor, rows, eval_args.batch_size, eval_args.max_new_tokens, eval_args.num_beams
+            )
+        else:
+            results = evaluate_classification(model, processor, rows, eval_args.batch_size)
+    results["eval_seconds"] = round(time.time() - start, 1)
+    payload = {
+        "model": eval_args.model_name_or_path,
+        "task": task,
+        "dataset": eval_args.dataset,
+        "split": eval_args.split,
+        "results": results,
+    }
+    output_file = eval_args.output_file
+    if output_file is None:
+        folder = eval_args.model_name_or_path if os.path.isdir(eval_args.model_name_or_path) else "."
+        output_file = os.path.join(folder, f"eval_{task}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+    with open(output_file, "w") as f:
+        json.dump(payload, f, indent=2)
+    table = results_markdown(task, eval_args.model_name_or_path, results)
+    with open(os.path.splitext(output_file)[0] + ".md", "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"Results: {os.path.abspath(output_file)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
