@@ -156,11 +156,13 @@ class MMForPreTraining(MMPreTrainedModel):
         text_hidden = config.text_config.hidden_size
         act, eps = _text_act_eps(config)
         tied = {}
+        # Heads exist only for the objectives that train them (ITM also serves retrieval re-ranking).
         if config.fusion in ("early", "hybrid"):
             self.itm_head = nn.Linear(text_hidden, 2)
+        if "mlm" in config.objectives:
             self.mlm_head = MMMLMHead(text_hidden, config.text_config.vocab_size, act, eps)
             tied["mlm_head.decoder.weight"] = "mm.text_model.embeddings.word_embeddings.weight"
-        if config.fusion in ("late", "hybrid") and config.num_decoder_layers > 0:
+        if "lm" in config.objectives:
             self.text_decoder = MMTextDecoder(config)
             tied["text_decoder.lm_head.weight"] = "text_decoder.embeddings.word_embeddings.weight"
         self._tied_weights_keys = tied

