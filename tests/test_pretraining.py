@@ -1,0 +1,233 @@
+"""MMForPreTraining: objectives, hard negatives, FLIP, distributed ITC equivalence, Trainer steps."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from modeling_mm import MMForPreTraining
+from modeling_mm.losses import contrastive_loss, sample_hard_negatives
+from mm_tester import MMModelTester
+
+
+tester = MMModelTester(batch_size=4)
+
+OBJECTIVES = {"early": ["itm", "mlm"], "late": ["itc", "lm"], "hybrid": ["itc", "itm", "mlm", "lm"]}
+
+
+@pytest.mark.parametrize("fusion", ["early", "late", "hybrid"])
+def test_each_objective_is_finite_and_falls_when_overfitting(fusion):
+    torch.manual_seed(0)
+    model = MMForPreTraining(tester.get_config(fusion, objectives=OBJECTIVES[fusion])).train()
+    inputs = tester.get_pretraining_inputs()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(30):
+        out = model(**inputs)
+        history.append({name: float(getattr(out, f"{name}_loss").detach()) for name in OBJECTIVES[fusion]})
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name in OBJECTIVES[fusion]:
+        assert all(torch.isfinite(torch.tensor(h[name])) for h in history), name
+        first = sum(h[name] for h in history[:3]) / 3
+        last = sum(h[name] for h in history[-3:]) / 3
+        # ITM sees freshly drawn negatives every step, so it falls more slowly than the memorisable objectives.
+        factor = 0.95 if name == "itm" else 0.7
+        assert last < factor * first, f"{name} did not fall: {first:.3f} -> {last:.3f}"
+
+
+def test_total_loss_is_the_weighted_sum():
+    torch.manual_seed(0)
+    config = tester.get_config("hybrid", itc_weight=0.5, itm_weight=2.0, mlm_weight=0.0, lm_weight=1.0)
+    model = MMForPreTraining(config).eval()
+    torch.manual_seed(1)
+    out = model(**tester.get_pretraining_inputs())
+    expected = 0.5 * out.itc_loss + 2.0 * out.itm_loss + 0.0 * out.mlm_loss + 1.0 * out.lm_loss
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_mlm_needs_masked_inputs():
+    model = MMForPreTraining(tester.get_config("hybrid"))
+    with pytest.raises(ValueError, match="mlm_input_ids and mlm_labels"):
+        model(**tester.get_inputs())
+
+
+def test_hard_negatives_never_share_an_image_id():
+    torch.manual_seed(0)
+    image_ids = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])
+    for trial in range(200):
+        similarity = torch.randn(8, 8) * 5
+        neg_text, neg_image = sample_hard_negatives(similarity, image_ids)
+        for row in range(8):
+            assert neg_text[row] >= 0 and image_ids[neg_text[row]] != image_ids[row]
+            assert neg_image[row] >= 0 and image_ids[neg_image[row]] != image_ids[row]
+
+
+def test_hard_negatives_follow_the_similarity():
+    """ALBEF: negatives are drawn in proportion to softmax(similarity); the hardest dominates."""
+    similarity = torch.zeros(3, 3)
+    similarity[0, 2] = 10.0  # text 2 is very similar to image 0
+    counts = torch.zeros(3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        neg_text, _ = sample_hard_negatives(similarity, torch.arange(3), generator)
+        counts[neg_text[0]] += 1
+    assert counts[0] == 0 and counts[2] > 280
+
+
+def test_rows_without_any_negative_are_dropped():
+    neg_text, neg_image = sample_hard_negatives(torch.randn(3, 3), torch.tensor([7, 7, 7]))
+    assert (neg_text == -1).all() and (neg_image == -1).all()
+    model = MMForPreTraining(tester.get_config("hybrid", objectives=["itc", "itm"])).eval()
+    inputs = tester.get_inputs()
+    out = model(**inputs, image_ids=torch.tensor([5, 5, 5]))
+    assert out.itm_labels.tolist() == [1, 1, 1] and torch.isfinite(out.itm_loss)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_flip_keeps_the_asked_fraction_in_training_only(ratio):
+    torch.manual_seed(0)
+    model = MMForPreTraining(tester.get_config("late", objectives=["itc"], image_mask_ratio=ratio))
+    patches = (tester.image_size // tester.patch_size) ** 2
+    seen = {}
+
+    def hook(module, args, output):
+        seen["tokens"] = output.last_hidden_state.shape[1]
+
+    model.mm.vision_model.register_forward_hook(hook)
+    inputs = tester.get_inputs()
+    model.train()
+    model(**inputs)
+    assert seen["tokens"] - 1 == round(patches * (1 - ratio))
+    model.eval()
+    model(**inputs)
+    assert seen["tokens"] - 1 == patches
+
+
+def test_random_keep_indices_are_sorted_unique_subsets():
+    from modeling_mm.modeling_mm_heads import random_keep_indices as keep
+
+    indices = keep(16, 100, 0.75, torch.device("cpu"))
+    assert indices.shape == (16, 25)
+    for row in indices:
+        assert row.unique().numel() == 25 and torch.equal(row, row.sort().values) and row.max() < 100
+
+
+def test_collator_keep_indices_are_used():
+    model = MMForPreTraining(tester.get_config("late", objectives=["itc"])).train()
+    keep = torch.tensor([[0, 5, 7]] * tester.batch_size)
+    seen = {}
+    model.mm.vision_model.register_forward_hook(lambda m, a, o: seen.setdefault("n", o.last_hidden_state.shape[1]))
+    model(**tester.get_inputs(), image_keep_indices=keep)
+    assert seen["n"] == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _encoders() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    return torch.nn.Linear(12, 6), torch.nn.Linear(10, 6)
+
+
+def _itc(image_enc, text_enc, images, texts, scale, rank, world):
+    image_embeds = torch.nn.functional.normalize(image_enc(images), dim=-1)
+    text_embeds = torch.nn.functional.normalize(text_enc(texts), dim=-1)
+    return contrastive_loss(image_embeds, text_embeds, scale, rank, world)
+
+
+def _worker(rank: int, world: int, port: int, images, texts, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    image_enc, text_enc = _encoders()
+    per = images.shape[0] // world
+    local = slice(rank * per, (rank + 1) * per)
+    loss = _itc(image_enc, text_enc, images[local], texts[local], torch.tensor(10.0), rank, world)
+    loss.backward()
+    grads = [p.grad.clone() for p in (*image_enc.parameters(), *text_enc.parameters())]
+    for g in grads:  # what DDP does: average the gradients over ranks
+        dist.all_reduce(g)
+        g /= world
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    torch.save({"loss": mean_loss / world, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """2 processes x batch 4 give the loss and gradients of 1 process x batch 8 (real gloo all-gather)."""
+    g = torch.Generator().manual_seed(0)
+    images, texts = torch.randn(8, 12, generator=g), torch.randn(8, 10, generator=g)
+    image_enc, text_enc = _encoders()
+    loss = _itc(image_enc, text_enc, images, texts, torch.tensor(10.0), 0, 1)
+    loss.backward()
+    reference = [p.grad for p in (*image_enc.parameters(), *text_enc.parameters())]
+    mp.spawn(_worker, args=(2, _free_port(), images, texts, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(result["loss"], loss.detach(), atol=1e-6, rtol=1e-6)
+        for got, want in zip(result["grads"], reference):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_world_size_one_is_plain_clip_loss():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=-1)
+    logits = 3.0 * a @ b.t()
+    labels = torch.arange(5)
+    expected = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    torch.testing.assert_close(contrastive_loss(a, b, torch.tensor(3.0)), expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_text_tower(tmp_path_factory) -> str:
+    """A 1-layer BERT with the real MiniLM WordPiece tokenizer files, so run scripts work at toy size."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from processing.data import default_tokenizer_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37),
+        add_pooling_layer=False,
+    ).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(default_tokenizer_path(), name), folder / name)
+    return str(folder)
+
+
+def tiny_pretrain_args(text_tower: str, output_dir: str, *extra: str) -> list[str]:
+    return [
+        "--text_model_name_or_path", text_tower, "--output_dir", output_dir,
+        "--image_size", "32", "--patch_size", "8", "--vision_hidden_size", "32", "--vision_num_layers", "1",
+        "--vision_num_heads", "4", "--num_fusion_layers", "1", "--projection_dim", "16",
+        "--max_train_samples", "32", "--per_device_train_batch_size", "8", "--max_steps", "4",
+        "--logging_steps", "1", "--save_steps", "2", "--zero_shot_eval", "false", "--learning_rate", "1e-3",
+        *extra,
+    ]
+
+
+def test_trainer_steps_log_every_objective_and_save_a_loadable_checkpoint(tiny_text_tower, tmp_path):
+    from transformers import AutoModelForPreTraining
+
+    from run_scripts.pretrain import main
+
+    summary = main(tiny_pretrain_args(tiny_text_tower, str(tmp_path), "--objectives", "itc,itm,mlm,lm"))
+    for key in ("loss", "itc_loss", "itm_loss", "mlm_loss", "lm_loss"):
+        assert key in summary["final_losses"], key
+    assert (tmp_path / "checkpoint-2" / "checkpoint_complete.json").exists()
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    model = AutoModelForPreTraining.from_pretrained(tmp_path)
+    assert isinstance(model, MMForPreTraining) and model.config.objectives == ["itc", "itm", "mlm", "lm"]
+    assert not any(p.name.endswith(".bin") for p in tmp_path.rglob("*"))
