@@ -112,6 +112,14 @@ def _sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
     return list(range(num_available)) + [num_available - 1] * (num_frames - num_available)
 
 
+def _is_sequence_of_items(value: Any) -> bool:
+    """A batch container other than list/tuple (e.g. a `datasets` Column): sized and iterable, but not an image,
+    array, path, bytes or mapping."""
+    if isinstance(value, (str, bytes, dict, np.ndarray, torch.Tensor, PIL.Image.Image)) or _is_path(value):
+        return False
+    return hasattr(value, "__len__") and hasattr(value, "__iter__")
+
+
 class MMImageProcessor(BaseImageProcessor):
     r"""
     Constructs an image processor for the multimodal model: converts any input to RGB, resizes, rescales and
@@ -638,6 +646,8 @@ class MMImageProcessor(BaseImageProcessor):
             items = list(images)  # a batch, first dim
         elif isinstance(images, (list, tuple)):
             items = list(images)
+        elif _is_sequence_of_items(images):
+            items = list(images)  # e.g. a `datasets` column of images
         else:
             items = [images]
         if len(items) == 0:

@@ -139,7 +139,10 @@ class MMProcessor(ProcessorMixin):
     def _validate_text(text: Any) -> list[str]:
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, (list, tuple)):
-            raise ValueError(f"`text` must be a string or a list of strings, got {type(text).__name__}.")
+            # Any sequence of strings (e.g. a `datasets` column) is accepted; a dict, tensor or scalar is not.
+            if isinstance(texts, (dict, bytes)) or not hasattr(texts, "__iter__") or not hasattr(texts, "__len__"):
+                raise ValueError(f"`text` must be a string or a list of strings, got {type(text).__name__}.")
+            texts = list(texts)
         if len(texts) == 0:
             raise ValueError("Got an empty batch of texts.")
         for i, sample in enumerate(texts):
