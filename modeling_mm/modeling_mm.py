@@ -954,12 +954,12 @@ class MMModel(MMPreTrainedModel):
 
                 loss = contrastive_loss(image_embeds, text_embeds, self.clamped_logit_scale())
         fused = pooled = cross_attentions = None
-        if self.fusion == "hybrid" and text_out is not None and image_out is not None:
-            if text_out.last_hidden_state.shape[0] != image_out.last_hidden_state.shape[0]:
-                raise ValueError(
-                    f"Hybrid fusion pairs texts with images: input_ids has batch {text_out.last_hidden_state.shape[0]} "
-                    f"but pixel_values has batch {image_out.last_hidden_state.shape[0]}."
-                )
+        # Fusion pairs text i with image i, so it runs only on paired batches; a gallery of different sizes (one image
+        # against N candidate labels, as the zero-shot-image-classification pipeline sends) gets the ITC outputs only.
+        paired = text_out is not None and image_out is not None and (
+            text_out.last_hidden_state.shape[0] == image_out.last_hidden_state.shape[0]
+        )
+        if self.fusion == "hybrid" and paired:
             fused, cross_attentions = self.fuse(
                 text_out.last_hidden_state, attention_mask, image_out.last_hidden_state, output_attentions
             )

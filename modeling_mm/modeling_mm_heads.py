@@ -507,6 +507,26 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.text_decoder.lm_head
 
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        r"""
+        Captions `pixel_values`, continuing the prompt `input_ids` when one is given (all `GenerationMixin.generate`
+        options apply). The processor closes every text with `[SEP]`, which the decoder only saw as end-of-caption, so
+        a prompt ending in `[SEP]` loses it first, as in BLIP: `processor(images=image, text="a photo of")` continues
+        "a photo of", and `text=""` (`[CLS] [SEP]`) captions from the bare start token, like no prompt at all.
+        """
+        eos = self.generation_config.eos_token_id
+        if input_ids is not None and input_ids.shape[1] > 1 and isinstance(eos, int):
+            if bool((input_ids[:, -1] == eos).all()):
+                input_ids = input_ids[:, :-1]
+                attention_mask = attention_mask[:, :-1] if attention_mask is not None else None
+        return super().generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -102,7 +102,9 @@ class MMProcessor(ProcessorMixin):
         if images is not None and videos is not None:
             raise ValueError("Pass either `images` or `videos`, not both: both would fill `pixel_values`.")
 
-        texts = self._validate_text(text) if text is not None else None
+        # An empty text is allowed next to an image or video: it is the empty captioning prompt (`[CLS] [SEP]`).
+        allow_empty = images is not None or videos is not None
+        texts = self._validate_text(text, allow_empty=allow_empty) if text is not None else None
         visual_kind = "videos" if videos is not None else "images"
         num_visual = None
         if images is not None or videos is not None:
@@ -136,7 +138,7 @@ class MMProcessor(ProcessorMixin):
         return BatchFeature(data=data)
 
     @staticmethod
-    def _validate_text(text: Any) -> list[str]:
+    def _validate_text(text: Any, allow_empty: bool = False) -> list[str]:
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, (list, tuple)):
             # Any sequence of strings (e.g. a `datasets` column) is accepted; a dict, tensor or scalar is not.
@@ -148,7 +150,7 @@ class MMProcessor(ProcessorMixin):
         for i, sample in enumerate(texts):
             if not isinstance(sample, str):
                 raise ValueError(f"Text at batch index {i} is a {type(sample).__name__}, expected a string.")
-            if not sample.strip():
+            if not sample.strip() and not (allow_empty and sample == ""):
                 raise ValueError(f"Text at batch index {i} is empty or whitespace-only: {sample!r}.")
         return list(texts)
 
