@@ -44,6 +44,7 @@ def contrastive_loss(
     logit_scale: torch.Tensor,
     rank: int = 0,
     world_size: int = 1,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP) over L2-normalised `(B, D)` embeddings where row i of each side is a positive pair.
 
@@ -52,6 +53,9 @@ def contrastive_loss(
         text_embeds: `(B, D)` local text embeddings.
         logit_scale: Scalar temperature multiplier (already exponentiated and clamped).
         rank, world_size: Position of this process; with `world_size > 1` the negatives come from every rank.
+        ids: Optional `(B,)` group ids (e.g. `image_ids`). Items sharing an id are all positives of each other, with
+            the target spread evenly over them (UniCL-style), instead of the impossible task of telling identical
+            pairs apart. With all ids distinct this is exactly the CLIP loss.
     """
     if image_embeds.shape != text_embeds.shape:
         raise ValueError(
@@ -62,10 +66,26 @@ def contrastive_loss(
     all_text = gather_features(text_embeds, rank, world_size)
     logits_per_image = logit_scale * image_embeds @ all_text.t()  # (B, W*B)
     logits_per_text = logit_scale * text_embeds @ all_image.t()
-    labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + rank * image_embeds.shape[0]
+    if ids is None:
+        labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + rank * image_embeds.shape[0]
+        return 0.5 * (
+            nn.functional.cross_entropy(logits_per_image, labels)
+            + nn.functional.cross_entropy(logits_per_text, labels)
+        )
+    all_ids = _gather_ids(ids, world_size)  # (W*B,)
+    targets = (ids[:, None] == all_ids[None, :]).to(logits_per_image.dtype)  # (B, W*B), each row has >= 1 positive
+    targets = targets / targets.sum(dim=1, keepdim=True)
     return 0.5 * (
-        nn.functional.cross_entropy(logits_per_image, labels) + nn.functional.cross_entropy(logits_per_text, labels)
+        nn.functional.cross_entropy(logits_per_image, targets) + nn.functional.cross_entropy(logits_per_text, targets)
     )
+
+
+def _gather_ids(ids: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size == 1:
+        return ids
+    gathered = [torch.empty_like(ids) for _ in range(world_size)]
+    dist.all_gather(gathered, ids.contiguous())
+    return torch.cat(gathered)
 
 
 @torch.no_grad()

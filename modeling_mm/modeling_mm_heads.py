@@ -243,7 +243,7 @@ class MMForPreTraining(MMPreTrainedModel):
             out["logits_per_image"] = similarity
             if "itc" in objectives:
                 rank, world_size = distributed_info()
-                losses["itc"] = contrastive_loss(image_embeds, text_embeds, scale, rank, world_size)
+                losses["itc"] = contrastive_loss(image_embeds, text_embeds, scale, rank, world_size, ids=image_ids)
             if "itm" in objectives:
                 neg_text, neg_image = sample_hard_negatives(similarity.detach(), image_ids)
                 rows = torch.arange(input_ids.shape[0], device=input_ids.device)

@@ -231,3 +231,18 @@ def test_trainer_steps_log_every_objective_and_save_a_loadable_checkpoint(tiny_t
     model = AutoModelForPreTraining.from_pretrained(tmp_path)
     assert isinstance(model, MMForPreTraining) and model.config.objectives == ["itc", "itm", "mlm", "lm"]
     assert not any(p.name.endswith(".bin") for p in tmp_path.rglob("*"))
+
+
+def test_contrastive_loss_with_shared_ids_spreads_the_target():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    # All ids distinct: exactly the CLIP loss.
+    torch.testing.assert_close(contrastive_loss(a, b, torch.tensor(5.0), ids=torch.arange(4)),
+                               contrastive_loss(a, b, torch.tensor(5.0)))
+    # Rows 0 and 1 share an id: identical pairs are not pushed apart, so swapping them changes nothing.
+    ids = torch.tensor([7, 7, 1, 2])
+    swapped = b[[1, 0, 2, 3]]
+    torch.testing.assert_close(contrastive_loss(a, b, torch.tensor(5.0), ids=ids),
+                               contrastive_loss(a, swapped, torch.tensor(5.0), ids=ids))
+    assert not torch.allclose(contrastive_loss(a, b, torch.tensor(5.0)), contrastive_loss(a, swapped, torch.tensor(5.0)))
