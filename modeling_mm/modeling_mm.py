@@ -360,15 +360,17 @@ class MMTextEmbeddings(nn.Module):
         input_ids: torch.LongTensor,
         token_type_ids: torch.LongTensor | None = None,
         past_length: int = 0,
+        position_ids: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         length = input_ids.shape[1]
-        if past_length + length > self.max_positions:
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=input_ids.device)[None]
+        if past_length + length > self.max_positions or int(position_ids.max()) >= self.max_positions:
             raise ValueError(
                 f"Text of {past_length + length} tokens exceeds max_position_embeddings={self.max_positions}; "
                 "truncate it in the processor (truncation=True, max_length=...)."
             )
-        positions = torch.arange(past_length, past_length + length, device=input_ids.device)
-        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         embeddings = embeddings + self.token_type_embeddings(token_type_ids)
@@ -431,6 +433,8 @@ class MMPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Losses are means over the batch: Trainer must still divide by gradient accumulation steps.
+    accepts_loss_kwargs = False
 
     # -- composition from pretrained towers ---------------------------------------------------------------------------
 
@@ -697,6 +701,7 @@ class MMTextDecoder(nn.Module):
         use_cache: bool = False,
         output_attentions: bool = False,
         compute_logits: bool = True,
+        position_ids: torch.LongTensor | None = None,
     ) -> MMDecoderOutput:
         """`compute_logits=False` returns only the hidden states, for callers that score a subset of positions."""
         _check_input_ids(input_ids, self.config.vocab_size)
@@ -709,10 +714,13 @@ class MMTextDecoder(nn.Module):
         else:
             cache = None
         past_length = cache.get_seq_length() if cache is not None else 0
-        hidden_states = self.embeddings(input_ids, past_length=past_length)  # (B, L, D)
         batch, length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=input_ids.device)
+        if position_ids is None:
+            # Count only real tokens, so left-padded prompts in a batch get the positions they would have alone.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        hidden_states = self.embeddings(input_ids, position_ids=position_ids)  # (B, L, D)
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,

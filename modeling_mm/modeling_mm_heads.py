@@ -136,6 +136,19 @@ def _check_batch(**tensors: torch.Tensor | None) -> int:
     return next(iter(sizes.values()))
 
 
+def _check_lm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> None:
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer token ids (-100 to ignore), got {labels.dtype}.")
+    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if bad.any():
+        row, col = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"labels[{row}, {col}] = {int(labels[row, col])} is neither -100 nor a token id in [0, {vocab_size})."
+        )
+
+
 class MMForPreTraining(MMPreTrainedModel):
     r"""
     MM with the pretraining objectives named in `config.objectives` (weights `config.*_weight`):
@@ -535,6 +548,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions:
         r"""
@@ -554,6 +568,10 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         elif not cache_ready:
             raise ValueError("MMForConditionalGeneration needs pixel_values (no image keys are cached yet).")
         use_cache = use_cache if use_cache is not None else (labels is None and not self.training)
-        decoded = self.text_decoder(input_ids, image_hidden, attention_mask, cache=cache, use_cache=use_cache)
+        if labels is not None:
+            _check_lm_labels(labels, input_ids, self.config.text_config.vocab_size)
+        decoded = self.text_decoder(
+            input_ids, image_hidden, attention_mask, cache=cache, use_cache=use_cache, position_ids=position_ids
+        )
         loss = causal_lm_loss(decoded.logits, labels) if labels is not None else None
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=decoded.logits, cache=decoded.cache)

@@ -20,7 +20,10 @@ import sys
 import textwrap
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
+# replace it with the repository root.
+_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
 
 
 STAGES = ("pretrain", "vqa_lora", "captioning", "evaluate", "publish", "pipelines")
@@ -95,7 +98,7 @@ def run_pipelines(vqa_repo: str, caption_repo: str, n_images: int = 3) -> list[d
         for path in images:
             image = Image.open(path).convert("RGB")
             row = {{"image": path}}
-            row["answers"] = {{q: vqa(image=image, question=q, top_k=1)[0]["answer"] for q in {questions!r}}}
+            row["answers"] = {{q: vqa(image, question=q, top_k=1)[0]["answer"] for q in {questions!r}}}
             row["zero_shot"] = zero_shot(image, candidate_labels={labels!r})[0]["label"]
             out = captioner(images=image, text="", max_new_tokens=8)
             row["caption"] = out[0]["generated_text"] if isinstance(out[0], dict) else out[0][0]["generated_text"]
@@ -166,9 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 5. Publication to local Hub-ready folders
     t = time.time()
     _banner(5, "publish", "Hub-ready folders with code, safetensors, processor and model card (dry run)")
-    publish.main([merged, "--output_dir", paths["hub_vqa"], "--eval_results",
-                  os.path.join(out, "eval_vqa.json"), os.path.join(out, "eval_zero_shot.json")])
-    publish.main([paths["captioning"], "--output_dir", paths["hub_captioning"]])
+    publish.main(["--checkpoint", merged, "--output_dir", paths["hub_vqa"], "--overwrite_output_dir", "true",
+                  "--eval_results", os.path.join(out, "eval_vqa.json"), os.path.join(out, "eval_zero_shot.json")])
+    publish.main(["--checkpoint", paths["captioning"], "--output_dir", paths["hub_captioning"],
+                  "--overwrite_output_dir", "true"])
     timings["publish"] = time.time() - t
 
     # 6. pipeline() from the published folders, in a process that does not import this package

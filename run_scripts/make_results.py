@@ -20,7 +20,10 @@ import shlex
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
+# replace it with the repository root.
+_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
 
 RESULTS_DIR = "outputs/results"
 PRETRAINED = "outputs/pretrain"

@@ -26,7 +26,10 @@ import shutil
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
+# replace it with the repository root.
+_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
 
 import torch  # noqa: E402
 from huggingface_hub import HfApi  # noqa: E402
