@@ -17,7 +17,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 from transformers.utils import ModelOutput
 
-from .configuration_mm import MMConfig
+from .configuration_mm import MMConfig, MMTextConfig
 from .losses import causal_lm_loss, contrastive_loss, distributed_info, itm_loss, sample_hard_negatives
 from .modeling_mm import MMModel, MMPreTrainedModel, MMTextDecoder
 
@@ -500,16 +500,30 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             )
         if config.num_decoder_layers < 1:
             raise ValueError("MMForConditionalGeneration needs config.num_decoder_layers >= 1.")
+        # Generation reads its special tokens from the text config. BERT-family configs often leave bos/eos unset;
+        # the WordPiece convention ([CLS] starts, [SEP] ends) is what MMTextConfig's defaults spell out.
+        text = config.text_config
+        for name, default in (("bos_token_id", MMTextConfig.bos_token_id), ("eos_token_id", MMTextConfig.eos_token_id)):
+            if getattr(text, name, None) is None:
+                setattr(text, name, default)
+        if getattr(text, "use_cache", None) is False:
+            text.use_cache = True
         super().__init__(config)
         self.mm = MMModel(config)
         self.text_decoder = MMTextDecoder(config)
         self.post_init()
-        text = config.text_config
+        self._fill_special_tokens()
+
+    def _fill_special_tokens(self) -> None:
+        # from_pretrained rebuilds generation_config from the top-level config.json when a checkpoint has no
+        # generation_config.json (e.g. a pretraining checkpoint); the special tokens live in the text config.
+        text = self.config.text_config
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(self.generation_config, name, None) is None:
                 setattr(self.generation_config, name, getattr(text, name, None))
         if self.generation_config.decoder_start_token_id is None:
             self.generation_config.decoder_start_token_id = self.generation_config.bos_token_id
+        self.generation_config.use_cache = True
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_decoder.embeddings.word_embeddings
@@ -533,6 +547,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         a prompt ending in `[SEP]` loses it first, as in BLIP: `processor(images=image, text="a photo of")` continues
         "a photo of", and `text=""` (`[CLS] [SEP]`) captions from the bare start token, like no prompt at all.
         """
+        self._fill_special_tokens()
         eos = self.generation_config.eos_token_id
         if input_ids is not None and input_ids.shape[1] > 1 and isinstance(eos, int):
             if bool((input_ids[:, -1] == eos).all()):

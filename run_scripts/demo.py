@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="Toy sizes: a smoke run of every stage.")
     parser.add_argument("--output_dir", default=None, help="Default: outputs/demo (outputs/demo-quick with --quick).")
     args = parser.parse_args(argv)
-    out = args.output_dir or ("outputs/demo-quick" if args.quick else "outputs/demo")
+    out = os.path.abspath(args.output_dir or ("outputs/demo-quick" if args.quick else "outputs/demo"))
     os.makedirs(out, exist_ok=True)
     started = time.time()
     timings: dict[str, float] = {}
