@@ -5,7 +5,8 @@
     python run_scripts/explain.py --model_name_or_path outputs/pretrain --gallery --text "a blue circle" \
         --output gallery.png                    # top-5 easy-VQA test images for the text
 
-One method per fusion style (`METHODS`), each a map over the vision tower's patch grid:
+Each method gives a map over the vision tower's patch grid (`METHOD_FUSIONS` lists which fusion styles each method
+explains; `METHODS` holds the default per fusion style):
 
 - **gradcam** (hybrid): Grad-CAM on the ITM cross-attention (ALBEF, Li et al. 2021, "Grad-CAM visualization"): the
   cross-attention probabilities of a fusion layer times their gradient of the ITM match logit, clamped at 0 and
@@ -41,6 +42,7 @@ logger = logging.getLogger("explain")
 
 __all__ = [
     "METHODS",
+    "METHOD_FUSIONS",
     "ExplainArguments",
     "Relevance",
     "attention_rollout",
@@ -256,15 +258,19 @@ def _occlusion(
     if not isinstance(mm.vision_model, MMVisionModel):
         raise ValueError("method='occlusion' needs the built-in MMVisionModel tower (it drops patch tokens).")
     text_embeds, token_embeds = _itc_embeddings(mm, input_ids, attention_mask, words)
-    image_embeds = mm.get_image_features(pixel_values)  # (B, P)
+    # The vision passes do not depend on the text: a batch pairing one image with several texts (both objects of a
+    # composite, a list of captions) runs them once per distinct image.
+    images, pair_to_image = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
+    images = images.view(-1, *pixel_values.shape[1:])  # (U, C, H, W) or (U, T, C, H, W)
+    image_embeds = mm.get_image_features(images)[pair_to_image]  # (B, P)
     scores = (image_embeds * text_embeds).sum(-1)
     frames, grid_h, grid_w = _patch_grid(model, pixel_values)
-    num_patches, batch = frames * grid_h * grid_w, pixel_values.shape[0]
+    num_patches = frames * grid_h * grid_w
     everything = torch.arange(num_patches, device=pixel_values.device)
-    falls = torch.zeros(batch, 1 + num_patches, device=pixel_values.device)  # column 0: the image [CLS], kept
+    falls = torch.zeros(pixel_values.shape[0], 1 + num_patches, device=pixel_values.device)  # column 0: image [CLS]
     for patch in range(num_patches):
-        keep = everything[everything != patch].expand(batch, -1)  # (B, N-1)
-        occluded = mm.get_image_features(pixel_values, image_keep_indices=keep)
+        keep = everything[everything != patch].expand(images.shape[0], -1)  # (U, N-1)
+        occluded = mm.get_image_features(images, image_keep_indices=keep)[pair_to_image]  # (B, P)
         falls[:, 1 + patch] = scores - (occluded * text_embeds).sum(-1)
     tokens = (token_embeds @ image_embeds[..., None]).squeeze(-1)
     return falls, tokens, scores
@@ -397,12 +403,12 @@ def relevance_map(
     patch_map = patch_map if _is_clip(image) else patch_map[0]
     ids = inputs["input_ids"][0][words[0]].tolist()
     scores = relevance.token_scores[0][words[0]].clamp(min=0)
-    scores = scores / scores.max() if float(scores.max()) > 0 else scores
+    scores = scores / scores.max() if scores.numel() and float(scores.max()) > 0 else scores
     tokens = processor.tokenizer.convert_ids_to_tokens(ids)
     return patch_map, [(token, float(score)) for token, score in zip(tokens, scores)]
 
 
-def _as_pil(image: Any):
+def _as_pil(image: Any) -> "PIL.Image.Image":  # noqa: F821
     from PIL import Image
 
     if isinstance(image, Image.Image):
