@@ -337,6 +337,14 @@ class MMVisionEmbeddings(nn.Module):
             patches = patches.view(batch, frames, -1, self.hidden_size) + self.temporal_embedding[:, :frames]
         patches = patches.reshape(batch, -1, self.hidden_size)  # (B, T*N, D)
         if keep_indices is not None:
+            tokens = patches.shape[1]
+            valid = keep_indices.ndim == 2 and keep_indices.shape[0] == batch and keep_indices.numel() > 0
+            if not valid or int(keep_indices.min()) < 0 or int(keep_indices.max()) >= tokens:
+                span = f", values in [{int(keep_indices.min())}, {int(keep_indices.max())}]" if keep_indices.numel() else ""
+                raise ValueError(
+                    f"image_keep_indices must be a non-empty (batch={batch}, K) tensor of patch indices in "
+                    f"[0, {tokens}); got shape {tuple(keep_indices.shape)}{span}."
+                )
             # FLIP (Li et al. 2023): encode only the kept patches; compute falls in proportion to the mask ratio.
             patches = torch.gather(patches, 1, keep_indices.unsqueeze(-1).expand(-1, -1, self.hidden_size))
         cls = (self.cls_token + self.position_embedding[:, :1]).expand(batch, -1, -1)
@@ -378,14 +386,38 @@ class MMTextEmbeddings(nn.Module):
 
 
 def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    if input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}.")
+    if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids))}.")
+    if input_ids.ndim != 2 or 0 in input_ids.shape:
+        raise ValueError(f"input_ids must be a non-empty (batch, sequence) tensor, got shape {tuple(input_ids.shape)}.")
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
         bad = ((input_ids < 0) | (input_ids >= vocab_size)).nonzero()[0].tolist()
         raise ValueError(
             f"input_ids[{bad[0]}, {bad[1]}] = {int(input_ids[bad[0], bad[1]])} is outside the vocabulary "
             f"[0, {vocab_size}); is the tokenizer the one of this model?"
         )
+
+
+def _check_text_inputs(
+    text_config: PreTrainedConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+) -> None:
+    """Ids in the vocabulary; mask and segment ids of the same `(B, L)` shape; segment ids within the type table."""
+    _check_input_ids(input_ids, text_config.vocab_size)
+    for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)} but input_ids has shape {tuple(input_ids.shape)}; they must match."
+            )
+    types = getattr(text_config, "type_vocab_size", None)
+    if token_type_ids is not None and types is not None:
+        if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= types:
+            raise ValueError(
+                f"token_type_ids must be in [0, {types}), got values in [{int(token_type_ids.min())}, "
+                f"{int(token_type_ids.max())}]."
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -804,7 +836,7 @@ class MMModel(MMPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Runs the vision tower on images `(B, C, H, W)` or frames `(B, T, C, H, W)`."""
         self._require(("late", "hybrid"), "encode_image")
-        _check_pixel_values(pixel_values)
+        _check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", None))
         if isinstance(self.vision_model, MMVisionModel):
             return self.vision_model(
                 pixel_values, image_keep_indices=image_keep_indices, output_attentions=output_attentions
@@ -829,7 +861,7 @@ class MMModel(MMPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Runs the text tower; the pooled state is the `[CLS]` token."""
         self._require(("late", "hybrid"), "encode_text")
-        _check_input_ids(input_ids, self.config.text_config.vocab_size)
+        _check_text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids)
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.last_hidden_state[:, 0])
@@ -890,8 +922,8 @@ class MMModel(MMPreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Early fusion: one Transformer over `[text ; image]`; returns `(B, L + 1 + patches, D)`."""
         self._require(("early",), "joint_encode")
-        _check_input_ids(input_ids, self.config.text_config.vocab_size)
-        _check_pixel_values(pixel_values)
+        _check_text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids)
+        _check_pixel_values(pixel_values, self.config.vision_config.num_channels)
         if input_ids.shape[0] != pixel_values.shape[0]:
             raise ValueError(
                 f"input_ids has batch {input_ids.shape[0]} but pixel_values has batch {pixel_values.shape[0]}."
@@ -998,10 +1030,17 @@ def _pooled(out: ModelOutput) -> torch.Tensor:
     return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
 
-def _check_pixel_values(pixel_values: torch.Tensor) -> None:
+def _check_pixel_values(pixel_values: torch.Tensor, num_channels: int | None = None) -> None:
     if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
         raise ValueError(f"pixel_values must be a float tensor, got {getattr(pixel_values, 'dtype', type(pixel_values))}.")
     if pixel_values.ndim not in (4, 5):
         raise ValueError(
             f"pixel_values must be (B, C, H, W) images or (B, T, C, H, W) video, got shape {tuple(pixel_values.shape)}."
+        )
+    if 0 in pixel_values.shape:
+        raise ValueError(f"pixel_values is empty, shape {tuple(pixel_values.shape)}.")
+    if num_channels is not None and pixel_values.shape[-3] != num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[-3]} channels (dim -3 of shape {tuple(pixel_values.shape)}) but "
+            f"vision_config.num_channels is {num_channels}; the processor converts every image to RGB."
         )

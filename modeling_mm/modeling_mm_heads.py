@@ -136,16 +136,16 @@ def _check_batch(**tensors: torch.Tensor | None) -> int:
     return next(iter(sizes.values()))
 
 
-def _check_lm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size: int) -> None:
+def _check_lm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size: int, name: str = "labels") -> None:
     if labels.shape != input_ids.shape:
-        raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
     if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integer token ids (-100 to ignore), got {labels.dtype}.")
+        raise ValueError(f"{name} must be integer token ids (-100 to ignore), got {labels.dtype}.")
     bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
     if bad.any():
         row, col = bad.nonzero()[0].tolist()
         raise ValueError(
-            f"labels[{row}, {col}] = {int(labels[row, col])} is neither -100 nor a token id in [0, {vocab_size})."
+            f"{name}[{row}, {col}] = {int(labels[row, col])} is neither -100 nor a token id in [0, {vocab_size})."
         )
 
 
@@ -226,6 +226,8 @@ class MMForPreTraining(MMPreTrainedModel):
             raise ValueError(
                 "The 'mlm' objective needs mlm_input_ids and mlm_labels (DataCollatorForMMPretraining makes them)."
             )
+        if "mlm" in objectives:
+            _check_lm_labels(mlm_labels, input_ids, self.config.text_config.vocab_size, name="mlm_labels")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         keep = self._vision_keep_indices(pixel_values, image_keep_indices)

@@ -232,8 +232,11 @@ class DataCollatorForMMPretraining(_MMDataCollatorBase):
         text_column (`str`, *optional*, defaults to `"caption"`):
             Column holding the text.
         seed (`int`, *optional*):
-            Seeds a private `torch.Generator`. Without it the global torch RNG is used, which Trainer checkpoints,
-            so resumed runs draw the same masks.
+            Draws each batch's masks from a private `torch.Generator` seeded with `seed` and the batch's rows (image
+            ids and texts): masks then depend on the batch alone, so they are the same in every DataLoader worker
+            and when a run resumed mid-epoch collates the batches after its checkpoint again (Trainer restores its
+            RNG state only after the DataLoader has built those batches). Without it the global torch RNG is used,
+            and a run resumed mid-epoch draws different masks from the uninterrupted run.
         bad_samples ([`BadSampleCounter`], *optional*):
             Counter to record skipped samples in (shared with e.g. `check_images`); a new one by default.
     """
@@ -264,7 +267,7 @@ class DataCollatorForMMPretraining(_MMDataCollatorBase):
         self.image_mask_ratio = image_mask_ratio
         self.num_patches = num_patches
         self.text_column = text_column
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.seed = seed
         self._special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         vocab = torch.arange(len(tokenizer), dtype=torch.long)
         # Random replacements are drawn from ordinary tokens only: a random [SEP] or [PAD] would change the structure.
@@ -275,45 +278,57 @@ class DataCollatorForMMPretraining(_MMDataCollatorBase):
         texts = self._texts(rows, self.text_column, kept)
         rows = [rows[i] for i in kept]
         batch = self._encode(visuals, texts, is_video)
-        batch["mlm_input_ids"], batch["mlm_labels"] = self.mask_tokens(batch["input_ids"], batch["attention_mask"])
         batch["image_ids"] = self._image_ids(rows, is_video)
+        generator = self._batch_generator(batch["image_ids"], texts)
+        batch["mlm_input_ids"], batch["mlm_labels"] = self.mask_tokens(
+            batch["input_ids"], batch["attention_mask"], generator
+        )
         if self.image_mask_ratio > 0:
-            batch["image_keep_indices"] = self.sample_kept_patches(len(rows))
+            batch["image_keep_indices"] = self.sample_kept_patches(len(rows), generator)
         return batch
 
-    def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_generator(self, image_ids: torch.Tensor, texts: list[str]) -> torch.Generator | None:
+        """With `seed`, a generator seeded from the seed and the batch's rows; `None` (global RNG) without."""
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed(_stable_id(f"{self.seed}|{image_ids.tolist()}|{texts}"))
+
+    def mask_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         BERT masking of a `(B, L)` batch; returns `(mlm_input_ids, mlm_labels)`.
 
         Args:
             input_ids (`torch.Tensor`): `(B, L)` token ids.
             attention_mask (`torch.Tensor`): `(B, L)`, 0 on padding.
+            generator (`torch.Generator`, *optional*): Source of randomness; the global torch RNG when `None`.
         """
         maskable = ~torch.isin(input_ids, self._special_ids) & attention_mask.bool()
         shape = input_ids.shape
-        selected = torch.bernoulli(torch.full(shape, self.mlm_probability), generator=self.generator).bool()
+        selected = torch.bernoulli(torch.full(shape, self.mlm_probability), generator=generator).bool()
         selected &= maskable
         if self.mlm_probability > 0 and not selected.any() and maskable.any():
             # A batch of very short texts can come out with nothing selected, which makes the MLM loss NaN (mean over
             # zero targets); select one maskable token instead.
             candidates = maskable.flatten().nonzero().squeeze(1)
-            pick = candidates[torch.randint(len(candidates), (1,), generator=self.generator)]
+            pick = candidates[torch.randint(len(candidates), (1,), generator=generator)]
             selected.view(-1)[pick] = True
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
 
-        to_mask = torch.bernoulli(torch.full(shape, 0.8), generator=self.generator).bool() & selected
+        to_mask = torch.bernoulli(torch.full(shape, 0.8), generator=generator).bool() & selected
         # Half of the remaining 20% -> 10% random, 10% unchanged.
-        to_random = torch.bernoulli(torch.full(shape, 0.5), generator=self.generator).bool() & selected & ~to_mask
+        to_random = torch.bernoulli(torch.full(shape, 0.5), generator=generator).bool() & selected & ~to_mask
         masked_ids = input_ids.clone()
         masked_ids[to_mask] = self.processor.tokenizer.mask_token_id
-        random_ids = self._random_ids[torch.randint(len(self._random_ids), shape, generator=self.generator)]
+        random_ids = self._random_ids[torch.randint(len(self._random_ids), shape, generator=generator)]
         masked_ids[to_random] = random_ids[to_random]
         return masked_ids, labels
 
-    def sample_kept_patches(self, batch_size: int) -> torch.Tensor:
+    def sample_kept_patches(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`(B, K)` sorted random patch indices kept per sample (FLIP)."""
         num_keep = max(1, round(self.num_patches * (1.0 - self.image_mask_ratio)))
-        noise = torch.rand(batch_size, self.num_patches, generator=self.generator)
+        noise = torch.rand(batch_size, self.num_patches, generator=generator)
         return noise.argsort(dim=1)[:, :num_keep].sort(dim=1).values
 
 

@@ -366,9 +366,14 @@ class MMImageProcessor(BaseImageProcessor):
             tensor = array.detach().cpu()
         else:
             array = np.asarray(array)
+            if array.dtype.kind not in "biufc":
+                raise MMImageError(f"Unsupported image array dtype {array.dtype} ({where}); expected numbers.", index, path)
             if not array.dtype.isnative:
                 array = array.astype(array.dtype.newbyteorder("="))  # e.g. big-endian 16-bit from I;16B
-            tensor = _from_numpy(array)
+            try:
+                tensor = _from_numpy(array)
+            except TypeError as err:  # e.g. float128
+                raise MMImageError(f"Unsupported image array dtype {array.dtype} ({where}): {err}", index, path) from err
 
         if tensor.ndim == 2:
             tensor = tensor.unsqueeze(0)
@@ -457,8 +462,10 @@ class MMImageProcessor(BaseImageProcessor):
             raise MMImageError(f"Complex image dtype {tensor.dtype} is not supported ({where}).", index, path)
         if tensor.dtype == torch.uint16:
             return (tensor.to(torch.int32).float() / _UINT16_TO_UINT8).round().to(torch.uint8)
-        # Other integer dtypes (int64 from Python lists, int32, ...) must already hold 0..255 values.
-        low, high = tensor.min().item(), tensor.max().item()
+        # Other integer dtypes (int64 from Python lists, int32, ...) must already hold 0..255 values. uint32/uint64 have
+        # no min/max kernels: compare them in float64, exact far beyond 255.
+        wide = tensor.double() if tensor.dtype in (torch.uint32, torch.uint64) else tensor
+        low, high = wide.min().item(), wide.max().item()
         if low < 0 or high > 255:
             raise MMImageError(
                 f"Integer image of dtype {tensor.dtype} has values in [{low}, {high}], outside 0..255 ({where}). "
@@ -466,7 +473,7 @@ class MMImageProcessor(BaseImageProcessor):
                 index,
                 path,
             )
-        return tensor.to(torch.uint8)
+        return wide.to(torch.uint8)
 
     # ------------------------------------------------------------------ single-item entry points
 

@@ -117,6 +117,8 @@ class MMProcessor(ProcessorMixin):
             )
 
         data: dict[str, Any] = {}
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+            raise ValueError(f"`max_length` must be an int >= 2 ([CLS] and [SEP]), got {max_length!r}.")
         if texts is not None:
             if max_length is None and (truncation not in (None, False, "do_not_truncate") or padding == "max_length"):
                 max_length = self.max_length
@@ -128,6 +130,15 @@ class MMProcessor(ProcessorMixin):
                 return_token_type_ids=False,
                 return_tensors=return_tensors,
             )
+            if not allow_empty:
+                # Zero-width and control characters are dropped by the tokenizer: such a text is as empty as "".
+                specials = self.tokenizer.num_special_tokens_to_add()
+                for i, mask in enumerate(encoding["attention_mask"]):
+                    if int(sum(mask)) <= specials:
+                        raise ValueError(
+                            f"Text at batch index {i} has no tokens once tokenized (only whitespace, control or "
+                            f"zero-width characters): {texts[i]!r}."
+                        )
             data["input_ids"] = encoding["input_ids"]
             data["attention_mask"] = encoding["attention_mask"]
         if num_visual is not None:
@@ -152,6 +163,10 @@ class MMProcessor(ProcessorMixin):
                 raise ValueError(f"Text at batch index {i} is a {type(sample).__name__}, expected a string.")
             if not sample.strip() and not (allow_empty and sample == ""):
                 raise ValueError(f"Text at batch index {i} is empty or whitespace-only: {sample!r}.")
+            try:
+                sample.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"Text at batch index {i} is not valid Unicode (lone surrogate): {err}.") from None
         return list(texts)
 
     def post_process_image_text_to_text(

@@ -9,6 +9,7 @@ import sys
 
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 
 __all__ = [
@@ -59,6 +60,30 @@ class MMTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._objective_sums: dict[str, float] = defaultdict(float)
         self._objective_counts: dict[str, int] = defaultdict(int)
+        if not any(isinstance(cb, CompleteCheckpointCallback) for cb in self.callback_handler.callbacks):
+            self.add_callback(CompleteCheckpointCallback())  # it marks checkpoints complete, then rotates them
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Trainer deletes old checkpoints (save_total_limit) at the end of `_save_checkpoint`, before `on_save` marks
+        # the new one complete: with save_total_limit=1 a kill in between would leave no complete checkpoint at all.
+        # CompleteCheckpointCallback rotates instead, once the marker is written.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # Trainer pickles TrainingArguments into `training_args.bin`, which it never reads back and which only
+        # `torch.load(weights_only=False)` can open: write them as JSON instead, so no folder we write holds a pickle.
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            pickled = os.path.join(output_dir, "training_args.bin")
+            if os.path.isfile(pickled):
+                os.remove(pickled)
+            with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -100,6 +125,8 @@ class CompleteCheckpointCallback(TrainerCallback):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(folder, COMPLETE_MARKER))
+        # Only now may older checkpoints go (MMTrainer holds Trainer's own rotation back until here).
+        rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
 
 
 def latest_complete_checkpoint(output_dir: str) -> str | None:

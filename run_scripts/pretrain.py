@@ -248,6 +248,7 @@ def main(args: list[str] | None = None) -> dict:
         max_length=data_args.max_length,
         text_column=data_args.text_column,
         skip_bad_samples=data_args.skip_bad_samples,
+        seed=training_args.seed,  # masks drawn per batch from the seed: a run resumed mid-epoch draws the same ones
     )
 
     # 3. Train
