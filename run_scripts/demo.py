@@ -88,6 +88,8 @@ def run_pipelines(vqa_repo: str, caption_repo: str, n_images: int = 3) -> list[d
         import json, sys
         repo = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}
         sys.path = [p for p in sys.path if p not in ("", repo)]
+        # An editable install (`pip install -e .`) maps the package through a meta-path finder: drop it too.
+        sys.meta_path = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
         from PIL import Image
         from transformers import pipeline
         images = {images!r}

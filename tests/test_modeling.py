@@ -311,6 +311,8 @@ def test_trust_remote_code_loads_copied_code_in_fresh_process(fusion, tmp_path):
         f"""
         import sys, torch
         sys.path = [p for p in sys.path if p not in ("", {os.getcwd()!r})]
+        # An editable install (`pip install -e .`) maps the package through a meta-path finder: drop it too.
+        sys.meta_path = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
         try:
             import modeling_mm
             raise SystemExit("the package must not be importable here")

@@ -240,6 +240,8 @@ def published(tmp_path_factory):
 REMOTE_SCRIPT = r"""
 import json, re, sys
 sys.path = [p for p in sys.path if p not in ("", REPO_ROOT)]
+# An editable install (`pip install -e .`) maps the package through a meta-path finder: drop it too.
+sys.meta_path = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
 report = {"importable": {}}
 for name in ("modeling_mm", "processing", "publishing", "run_scripts"):
     try:

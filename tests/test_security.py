@@ -260,6 +260,8 @@ def test_saved_folder_runs_no_code_without_trust_remote_code(tmp_path):
         f"""
         import sys
         sys.path = [p for p in sys.path if p not in ("", {REPO!r})]
+        # An editable install (`pip install -e .`) maps the package through a meta-path finder: drop it too.
+        sys.meta_path = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
         for name in ("modeling_mm", "processing"):
             try:
                 __import__(name)
