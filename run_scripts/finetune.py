@@ -72,7 +72,6 @@ from processing.collators import (  # noqa: E402
 )
 from processing.data import EASY_VQA_SHAPES, easy_vqa_answers, load_easy_vqa, load_image_folder  # noqa: E402
 from run_scripts.common import (  # noqa: E402
-    CompleteCheckpointCallback,
     MMTrainer,
     default_text_tower_path,
     parse_args,
@@ -579,7 +578,6 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         processing_class=processor,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
-        callbacks=[CompleteCheckpointCallback()],
     )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)

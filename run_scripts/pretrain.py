@@ -26,7 +26,6 @@ from transformers import TrainingArguments, set_seed  # noqa: E402
 
 from modeling_mm import MMConfig, MMForPreTraining, MMVisionConfig  # noqa: E402
 from run_scripts.common import (  # noqa: E402
-    CompleteCheckpointCallback,
     MMTrainer,
     default_text_tower_path,
     parse_args,
@@ -257,7 +256,6 @@ def main(args: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train,
         data_collator=collator,
-        callbacks=[CompleteCheckpointCallback()],
     )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
