@@ -50,6 +50,11 @@ class MMVisionConfig(PreTrainedConfig):
         initializer_range (`float`): Std of the truncated-normal weight init.
         num_frames (`int`): Frames per video clip; > 1 adds learned temporal position embeddings.
         qkv_bias (`bool`): Bias on the query/key/value projections.
+        patch_embedding_type (`str`): `"patchify"`, the ViT linear patch projection (one strided convolution), or
+            `"conv_stem"`, a stack of 3x3 stride-2 convolutions (each followed by GroupNorm and GELU) before a smaller
+            patchifying convolution (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"). The conv
+            stem gives the tower a locality prior that a ViT trained from scratch on little data lacks; it needs a
+            power-of-two `patch_size` and costs about as much as one Transformer layer at 64x64 px.
     """
 
     model_type = "mm_vision_model"
@@ -69,6 +74,7 @@ class MMVisionConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     num_frames: int = 1
     qkv_bias: bool = True
+    patch_embedding_type: str = "patchify"
 
     def __post_init__(self, **kwargs):
         _check_positive(
@@ -90,6 +96,14 @@ class MMVisionConfig(PreTrainedConfig):
                 f"MMVisionConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})."
             )
         _check_probability(self, ("hidden_dropout_prob", "attention_probs_dropout_prob"))
+        if self.patch_embedding_type not in ("patchify", "conv_stem"):
+            raise ValueError(
+                f"MMVisionConfig.patch_embedding_type must be 'patchify' or 'conv_stem', got {self.patch_embedding_type!r}."
+            )
+        if self.patch_embedding_type == "conv_stem" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(
+                f"MMVisionConfig.patch_embedding_type='conv_stem' needs a power-of-two patch_size >= 2, got {self.patch_size}."
+            )
         super().__post_init__(**kwargs)
 
     @property

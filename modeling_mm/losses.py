@@ -126,6 +126,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts `labels[t + 1]`; -100 is ignored (transformers convention)."""
     shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     shifted_labels = labels[:, 1:].reshape(-1)
-    if not (shifted_labels != -100).any():
-        return logits.sum() * 0.0
-    return nn.functional.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100)
+    # Sum over the scored tokens / their count (at least 1): the mean, and 0 when every label is -100, with no
+    # data-dependent branch (no host sync, no graph break).
+    total = nn.functional.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100, reduction="sum")
+    return total / (shifted_labels != -100).sum().clamp(min=1)

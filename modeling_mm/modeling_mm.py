@@ -289,9 +289,23 @@ class MMVisionEmbeddings(nn.Module):
         self.hidden_size = hidden_size or config.hidden_size
         self.patch_size = config.patch_size
         self.grid = config.image_size // config.patch_size
-        self.patch_embedding = nn.Conv2d(
-            config.num_channels, self.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
-        )
+        self.stem = None
+        in_channels, patch = config.num_channels, config.patch_size
+        if getattr(config, "patch_embedding_type", "patchify") == "conv_stem":
+            # log2(patch) - 1 stride-2 3x3 convolutions, widths doubling up to hidden/2, then a 2x2 patchify.
+            depth = patch.bit_length() - 2
+            layers = []
+            for i in range(depth):
+                width = max(self.hidden_size >> (depth - i), 8)
+                layers += [
+                    nn.Conv2d(in_channels, width, kernel_size=3, stride=2, padding=1),
+                    nn.GroupNorm(1, width),
+                    nn.GELU(),
+                ]
+                in_channels = width
+            self.stem = nn.Sequential(*layers)
+            patch = patch >> depth
+        self.patch_embedding = nn.Conv2d(in_channels, self.hidden_size, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.hidden_size))
         self.position_embedding = nn.Parameter(torch.zeros(1, 1 + self.grid**2, self.hidden_size))
         self.temporal_embedding = (
@@ -325,7 +339,10 @@ class MMVisionEmbeddings(nn.Module):
                 f"pixel_values height and width ({height}x{width}) must be multiples of patch_size {self.patch_size}."
             )
         target_dtype = self.patch_embedding.weight.dtype
-        patches = self.patch_embedding(pixel_values.to(target_dtype)).flatten(2).transpose(1, 2)  # (B*T, N, D)
+        pixel_values = pixel_values.to(target_dtype)
+        if self.stem is not None:
+            pixel_values = self.stem(pixel_values)
+        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B*T, N, D)
         patches = patches + self._patch_positions(height, width)
         if video:
             if self.temporal_embedding is None or frames > self.temporal_embedding.shape[1]:
@@ -339,7 +356,9 @@ class MMVisionEmbeddings(nn.Module):
         if keep_indices is not None:
             tokens = patches.shape[1]
             valid = keep_indices.ndim == 2 and keep_indices.shape[0] == batch and keep_indices.numel() > 0
-            if not valid or int(keep_indices.min()) < 0 or int(keep_indices.max()) >= tokens:
+            if not valid or (
+                _eager_checks() and (int(keep_indices.min()) < 0 or int(keep_indices.max()) >= tokens)
+            ):
                 span = f", values in [{int(keep_indices.min())}, {int(keep_indices.max())}]" if keep_indices.numel() else ""
                 raise ValueError(
                     f"image_keep_indices must be a non-empty (batch={batch}, K) tensor of patch indices in "
@@ -373,7 +392,9 @@ class MMTextEmbeddings(nn.Module):
         length = input_ids.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + length, device=input_ids.device)[None]
-        if past_length + length > self.max_positions or int(position_ids.max()) >= self.max_positions:
+        if past_length + length > self.max_positions or (
+            _eager_checks() and int(position_ids.max()) >= self.max_positions
+        ):
             raise ValueError(
                 f"Text of {past_length + length} tokens exceeds max_position_embeddings={self.max_positions}; "
                 "truncate it in the processor (truncation=True, max_length=...)."
@@ -385,11 +406,19 @@ class MMTextEmbeddings(nn.Module):
         return self.dropout(self.layer_norm(embeddings))
 
 
+def _eager_checks() -> bool:
+    """Value checks read tensor contents on the host (a device sync, and a graph break under `torch.compile`). Eager
+    calls always run them; a graph being captured by `torch.compile` skips them, as transformers' own models do."""
+    return not torch.compiler.is_compiling()
+
+
 def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids))}.")
     if input_ids.ndim != 2 or 0 in input_ids.shape:
         raise ValueError(f"input_ids must be a non-empty (batch, sequence) tensor, got shape {tuple(input_ids.shape)}.")
+    if not _eager_checks():
+        return
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
         bad = ((input_ids < 0) | (input_ids >= vocab_size)).nonzero()[0].tolist()
         raise ValueError(
@@ -412,7 +441,7 @@ def _check_text_inputs(
                 f"{name} has shape {tuple(tensor.shape)} but input_ids has shape {tuple(input_ids.shape)}; they must match."
             )
     types = getattr(text_config, "type_vocab_size", None)
-    if token_type_ids is not None and types is not None:
+    if token_type_ids is not None and types is not None and _eager_checks():
         if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= types:
             raise ValueError(
                 f"token_type_ids must be in [0, {types}), got values in [{int(token_type_ids.min())}, "
@@ -553,7 +582,7 @@ class MMPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, std=std)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, MMVisionEmbeddings):

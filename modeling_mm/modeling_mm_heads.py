@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mm import MMConfig, MMTextConfig
 from .losses import causal_lm_loss, contrastive_loss, distributed_info, itm_loss, sample_hard_negatives
-from .modeling_mm import MMModel, MMPreTrainedModel, MMTextDecoder
+from .modeling_mm import MMModel, MMPreTrainedModel, MMTextDecoder, _eager_checks
 
 
 __all__ = [
@@ -141,6 +141,8 @@ def _check_lm_labels(labels: torch.Tensor, input_ids: torch.Tensor, vocab_size: 
         raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must be integer token ids (-100 to ignore), got {labels.dtype}.")
+    if not _eager_checks():
+        return
     bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
     if bad.any():
         row, col = bad.nonzero()[0].tolist()

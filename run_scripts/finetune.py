@@ -152,6 +152,10 @@ class ModelArguments:
     projection_dim: int = field(default=256, metadata={"help": "Towers: ITC embedding width."})
     image_size: int = field(default=64, metadata={"help": "Towers without a vision checkpoint: image side."})
     patch_size: int = field(default=8, metadata={"help": "Towers without a vision checkpoint: patch side."})
+    patch_embedding_type: str = field(
+        default="conv_stem",
+        metadata={"help": "Towers without a vision checkpoint: 'conv_stem' or 'patchify' (see MMVisionConfig)."},
+    )
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full model."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (updates scaled by alpha / r)."})
@@ -402,6 +406,7 @@ def load_model(model_args: ModelArguments, head_kwargs: dict[str, Any]) -> tuple
         vision_config = MMVisionConfig(
             image_size=model_args.image_size,
             patch_size=model_args.patch_size,
+            patch_embedding_type=model_args.patch_embedding_type,
             hidden_size=text_config.hidden_size,
             num_hidden_layers=text_config.num_hidden_layers,
             num_attention_heads=text_config.num_attention_heads,

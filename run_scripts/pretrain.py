@@ -60,6 +60,13 @@ class ModelArguments:
     )
     image_size: int = field(default=64, metadata={"help": "Built-in ViT: input resolution."})
     patch_size: int = field(default=16, metadata={"help": "Built-in ViT: patch side."})
+    patch_embedding_type: str = field(
+        default="conv_stem",
+        metadata={
+            "help": "Built-in ViT: 'conv_stem' (3x3 convolutions before patchifying; learns shapes from little data) "
+            "or 'patchify' (the plain ViT patch projection)."
+        },
+    )
     vision_hidden_size: int = field(default=256, metadata={"help": "Built-in ViT: width."})
     vision_num_layers: int = field(default=4, metadata={"help": "Built-in ViT: layers."})
     vision_num_heads: int = field(default=4, metadata={"help": "Built-in ViT: attention heads."})
@@ -142,6 +149,7 @@ def build_model(model_args: ModelArguments, weights: dict[str, float]) -> MMForP
         vision_config = MMVisionConfig(
             image_size=model_args.image_size,
             patch_size=model_args.patch_size,
+            patch_embedding_type=model_args.patch_embedding_type,
             hidden_size=model_args.vision_hidden_size,
             num_hidden_layers=model_args.vision_num_layers,
             num_attention_heads=model_args.vision_num_heads,

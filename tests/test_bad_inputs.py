@@ -408,6 +408,10 @@ BAD_INPUTS = [
     Case("config", "patch does not divide image", lambda e: MMVisionConfig(image_size=30, patch_size=4), VE,
          r"image_size \(30\) must be divisible by patch_size \(4\)"),
     Case("config", "num_frames 0", lambda e: MMVisionConfig(num_frames=0), VE, r"num_frames must be a positive integer"),
+    Case("config", "unknown patch embedding", lambda e: MMVisionConfig(patch_embedding_type="conv"), VE,
+         r"patch_embedding_type must be 'patchify' or 'conv_stem', got 'conv'"),
+    Case("config", "conv stem with odd patch", lambda e: MMVisionConfig(
+        image_size=24, patch_size=6, patch_embedding_type="conv_stem"), VE, r"power-of-two patch_size >= 2, got 6"),
     Case("config", "num_hidden_layers True", lambda e: MMTextConfig(num_hidden_layers=True), VE,
          r"num_hidden_layers must be a positive integer, got True"),
     Case("config", "dropout 1.5", lambda e: MMTextConfig(hidden_dropout_prob=1.5), VE,

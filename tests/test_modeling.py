@@ -394,3 +394,31 @@ def test_vision_and_text_configs_round_trip(tmp_path):
     vision.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).num_frames == 4
     assert MMTextConfig().vocab_size == 30522
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_conv_stem_patch_embedding(fusion, tmp_path):
+    """The conv stem keeps the token grid of the patchify embedding, is per-sample (GroupNorm, no batch statistics),
+    and round-trips through save/load with its type in the config."""
+    stem_tester = MMModelTester(image_size=32, patch_size=8)
+    config = stem_tester.get_config(fusion)
+    config.vision_config.patch_embedding_type = "conv_stem"
+    torch.manual_seed(0)
+    model = MMModel(config).eval()
+    stem = _vision_embeddings(model).stem
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 and all(c.stride == (2, 2) for c in convs)  # 8px patches: two stride-2 convs, then 2x2
+    assert _vision_embeddings(model).patch_embedding.kernel_size == (2, 2)
+    inputs = stem_tester.get_inputs()
+    plain = MMModel(stem_tester.get_config(fusion)).eval()
+    with torch.no_grad():
+        out, ref = model(**inputs), plain(**inputs)
+        single = model(**{k: v[:1] for k, v in inputs.items()})
+    key = "last_hidden_state" if fusion == "early" else "image_last_hidden_state"
+    assert out[key].shape == ref[key].shape
+    torch.testing.assert_close(single[key][0], out[key][0], atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path)
+    assert json.load(open(tmp_path / "config.json"))["vision_config"]["patch_embedding_type"] == "conv_stem"
+    reloaded = MMModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs)[key], out[key], atol=1e-5, rtol=0)
