@@ -41,10 +41,19 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stdout)
 
 
+def _use_cpu_processes_under_launcher() -> None:
+    """Under `torchrun` on a machine without an accelerator, accelerate only picks multi-process CPU training (DDP over
+    gloo) when told to use the CPU; otherwise every process trains alone on its shard with unsynchronised gradients.
+    Say so before TrainingArguments sets up its devices."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
 def parse_args(dataclass_types: tuple, args: list[str] | None = None) -> tuple:
     """`HfArgumentParser` over the given dataclasses; a single `.json` argument is read as a config file."""
     parser = HfArgumentParser(dataclass_types)
     args = sys.argv[1:] if args is None else args
+    _use_cpu_processes_under_launcher()
     if len(args) == 1 and args[0].endswith(".json"):
         if not os.path.isfile(args[0]):
             raise SystemExit(f"Argument file not found: {args[0]}")

@@ -255,3 +255,32 @@ def test_contrastive_loss_with_shared_ids_spreads_the_target():
     torch.testing.assert_close(contrastive_loss(a, b, torch.tensor(5.0), ids=ids),
                                contrastive_loss(a, swapped, torch.tensor(5.0), ids=ids))
     assert not torch.allclose(contrastive_loss(a, b, torch.tensor(5.0)), contrastive_loss(a, swapped, torch.tensor(5.0)))
+
+
+def test_torchrun_on_cpu_trains_with_ddp(tmp_path):
+    """Under `torchrun` on a machine without an accelerator, the run scripts' argument parsing makes Trainer use
+    multi-process CPU training (DDP over gloo, gradients synchronised), not one unsynchronised model per process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
+        "from transformers import TrainingArguments\n"
+        "from run_scripts.common import parse_args\n"
+        f"(args,) = parse_args((TrainingArguments,), ['--output_dir', {str(tmp_path / 'out')!r}, '--ddp_backend', 'gloo',"
+        " '--report_to', 'none'])\n"
+        "print('PROBE', args.process_index, args.world_size, args.parallel_mode.value,"
+        " args.distributed_state.distributed_type.value, flush=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "CUDA_VISIBLE_DEVICES")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(script)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    probes = sorted(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("PROBE"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert probes == [["0", "2", "distributed", "MULTI_CPU"], ["1", "2", "distributed", "MULTI_CPU"]], probes
