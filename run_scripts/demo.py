@@ -52,6 +52,9 @@ def vqa_args(pretrained: str, out: str, quick: bool) -> list[str]:
     args = [
         "--task", "vqa", "--model_name_or_path", pretrained, "--output_dir", out, "--lora", "true",
         "--merge_lora", "true", "--learning_rate", "1e-3", "--per_device_train_batch_size", "64",
+        # Every linear layer of the attention and MLP blocks (QLoRA's recipe), not just W_q / W_v: still ~2% of the
+        # parameters, and it closes most of the gap to full fine-tuning on VQA.
+        "--lora_target_modules", "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
         "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "20",
     ]
     if quick:
