@@ -26,6 +26,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import modeling_mm  # noqa: E402,F401  (registers the Auto classes)
 from modeling_mm import (  # noqa: E402
+    MMConfig,
     MMForConditionalGeneration,
     MMForImageTextClassification,
     MMForVisualQuestionAnswering,
@@ -92,7 +93,11 @@ def load_for_task(path: str, task: str, revision: str | None = None):
             base_path = json.load(f).get("base_model_name_or_path")
         if not base_path:
             raise SystemExit(f"{adapter_config} has no base_model_name_or_path; cannot rebuild the base model.")
-        base = model_cls.from_pretrained(base_path, **kwargs)
+        # finetune.py keeps the head config (e.g. the answer vocabulary) next to the adapter: the base checkpoint
+        # may be a pretraining one without it.
+        head_config = os.path.join(path, "config.json")
+        config = {"config": MMConfig.from_pretrained(path)} if os.path.isfile(head_config) else {}
+        base = model_cls.from_pretrained(base_path, **kwargs, **config)
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
         processor_path = path if os.path.isfile(os.path.join(path, "processor_config.json")) else base_path
     else:

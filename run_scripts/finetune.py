@@ -593,6 +593,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     main_process = trainer.is_world_process_zero()
     if main_process:
         processor.save_pretrained(training_args.output_dir)
+        if model_args.lora:
+            # The adapter's base is the starting checkpoint, whose config lacks this head's settings (a VQA answer
+            # vocabulary, classification labels): keep the head config next to the adapter, where evaluate.py and
+            # publish.py read it to rebuild the base head before loading the adapter.
+            head = trainer.model.get_base_model()
+            head.config.architectures = [type(head).__name__]
+            head.config.save_pretrained(training_args.output_dir)
 
     # 6. Final evaluation; captioning also generates a caption per evaluation image.
     eval_metrics = trainer.evaluate() if len(eval_dataset) else {}

@@ -113,6 +113,15 @@ def test_vqa_lora_saves_adapter_and_merged_model(checkpoint, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, adapted(**batch).logits, atol=1e-4, rtol=0)
     assert MMProcessor.from_pretrained(tmp_path / "merged").image_processor.size == {"height": 32, "width": 32}
+    # The adapter folder alone (its base is the pretraining checkpoint, without an answer vocabulary) is enough for
+    # evaluate.py: the head config saved next to the adapter rebuilds the 13-answer classifier.
+    assert json.load(open(tmp_path / "config.json"))["architectures"] == ["MMForVisualQuestionAnswering"]
+    from run_scripts.evaluate import load_for_task
+
+    reloaded, _ = load_for_task(str(tmp_path), "vqa")
+    assert reloaded.config.num_labels == 13 and reloaded.config.id2label == merged.config.id2label
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, adapted(**batch).logits, atol=1e-4, rtol=0)
 
 
 def test_captioning_with_generated_caption_metrics(checkpoint, tmp_path):
