@@ -163,7 +163,7 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
                   "From the default pretrained checkpoint, 400 steps of batch 64 (0.66 epoch) over the 38,575 training "
                   "questions, MiniLM text tower fixed; accuracy on the 9,673 test questions.", "",
                   "| fine-tuning | trainable parameters | wall time (training) | VQA accuracy |", "|---|---|---|---|"]
-        for label, r in (("full (vision tower, fusion, head)", full), ("LoRA r=8 + head", lora)):
+        for label, r in (("full (vision tower, fusion, head)", full), ("LoRA r=8 on the default targets (q_proj, v_proj) + head", lora)):
             if r is None:
                 continue
             s_ = r["summary"]
@@ -179,7 +179,7 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
         lines += ["## The main job (`make demo`)", "",
                   "| metric | value |", "|---|---|",
                   f"| zero-shot top-1 (1,000 test images) | {100 * d['zero_shot_top1']:.1f}% |",
-                  f"| VQA accuracy after 1 epoch of LoRA, merged ({d['vqa_questions']:,} questions) | "
+                  f"| VQA accuracy after 1 epoch of LoRA on q/k/v/out/fc1/fc2, merged ({d['vqa_questions']:,} questions) | "
                   f"{100 * d['vqa_accuracy']:.2f}% ({100 * d['lora_trainable_fraction']:.2f}% of parameters trained) |",
                   f"| captioning exact match / BLEU-4 (greedy, 200 test images) | "
                   f"{100 * (d['captioning_exact_match'] or 0):.1f}% / {100 * (d['captioning_bleu_4'] or 0):.1f} |",
