@@ -281,7 +281,8 @@ class MMLayer(GradientCheckpointingLayer):
 
 
 class MMVisionEmbeddings(nn.Module):
-    """ViT patch embeddings with a [CLS] token, spatial and (for video) temporal position embeddings."""
+    """ViT patch embeddings with a [CLS] token, spatial and (for video) temporal position embeddings. The patches come
+    from one strided convolution, or from a convolutional stem followed by a smaller one (`patch_embedding_type`)."""
 
     def __init__(self, config: MMVisionConfig, hidden_size: int | None = None):
         super().__init__()
