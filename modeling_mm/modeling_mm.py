@@ -292,7 +292,7 @@ class MMVisionEmbeddings(nn.Module):
         self.grid = config.image_size // config.patch_size
         self.stem = None
         in_channels, patch = config.num_channels, config.patch_size
-        if getattr(config, "patch_embedding_type", "patchify") == "conv_stem":
+        if config.patch_embedding_type == "conv_stem":
             # log2(patch) - 1 stride-2 3x3 convolutions, widths doubling up to hidden/2, then a 2x2 patchify.
             depth = patch.bit_length() - 2
             layers = []

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import modeling_mm  # noqa: E402,F401  (registers the Auto classes)
 from modeling_mm import (  # noqa: E402
-    MMConfig,
     MMForConditionalGeneration,
     MMForImageTextClassification,
     MMForVisualQuestionAnswering,
@@ -89,14 +88,15 @@ def load_for_task(path: str, task: str, revision: str | None = None):
     if os.path.isfile(adapter_config):
         from peft import PeftModel
 
+        from run_scripts.lora import adapter_head_config
+
         with open(adapter_config) as f:
             base_path = json.load(f).get("base_model_name_or_path")
         if not base_path:
             raise SystemExit(f"{adapter_config} has no base_model_name_or_path; cannot rebuild the base model.")
-        # finetune.py keeps the head config (e.g. the answer vocabulary) next to the adapter: the base checkpoint
-        # may be a pretraining one without it.
-        head_config = os.path.join(path, "config.json")
-        config = {"config": MMConfig.from_pretrained(path)} if os.path.isfile(head_config) else {}
+        # The base checkpoint may be a pretraining one without the head's answer vocabulary / labels.
+        head_config = adapter_head_config(path)
+        config = {"config": head_config} if head_config is not None else {}
         base = model_cls.from_pretrained(base_path, **kwargs, **config)
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
         processor_path = path if os.path.isfile(os.path.join(path, "processor_config.json")) else base_path

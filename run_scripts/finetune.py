@@ -85,6 +85,7 @@ from run_scripts.lora import (  # noqa: E402
     apply_lora,
     freeze_parts,
     model_parts,
+    save_head_config,
     trainable_parameter_report,
     unused_parts,
 )
@@ -594,12 +595,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     if main_process:
         processor.save_pretrained(training_args.output_dir)
         if model_args.lora:
-            # The adapter's base is the starting checkpoint, whose config lacks this head's settings (a VQA answer
-            # vocabulary, classification labels): keep the head config next to the adapter, where evaluate.py and
-            # publish.py read it to rebuild the base head before loading the adapter.
-            head = trainer.model.get_base_model()
-            head.config.architectures = [type(head).__name__]
-            head.config.save_pretrained(training_args.output_dir)
+            save_head_config(trainer.model, training_args.output_dir)  # the answer vocabulary / labels of the head
 
     # 6. Final evaluation; captioning also generates a caption per evaluation image.
     eval_metrics = trainer.evaluate() if len(eval_dataset) else {}

@@ -21,23 +21,26 @@ Typical use::
 """
 
 from collections.abc import Mapping
+import os
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from modeling_mm import MMForConditionalGeneration
+from modeling_mm import MMConfig, MMForConditionalGeneration
 
 
 __all__ = [
     "FREEZE_MODES",
     "MODEL_PARTS",
+    "adapter_head_config",
     "apply_lora",
     "default_lora_target_modules",
     "default_modules_to_save",
     "freeze_parts",
     "model_parts",
     "resolve_freeze",
+    "save_head_config",
     "trainable_parameter_report",
     "unused_parts",
 ]
@@ -314,3 +317,26 @@ def trainable_parameter_report(model: nn.Module) -> dict[str, int | float]:
         if param.requires_grad:
             trainable += param.numel()
     return {"trainable": trainable, "total": total, "fraction": trainable / total if total else 0.0}
+
+
+def save_head_config(model: PeftModel, directory: str) -> None:
+    """
+    Writes the adapted head's config (`config.json`) next to its adapter. The adapter's base is the checkpoint training
+    started from, which may lack this head's settings (a VQA answer vocabulary, classification labels);
+    `adapter_head_config` reads them back to rebuild the base head before the adapter is loaded.
+
+    Args:
+        model (`PeftModel`): The trained model, as `apply_lora` returned it.
+        directory (`str`): The adapter folder.
+    """
+    head = model.get_base_model()
+    head.config.architectures = [type(head).__name__]
+    head.config.save_pretrained(directory)
+
+
+def adapter_head_config(adapter_path: str) -> MMConfig | None:
+    """The head config `save_head_config` kept next to the adapter at `adapter_path`, or `None` when there is none
+    (the adapter's base checkpoint then has the head's settings)."""
+    if not os.path.isfile(os.path.join(adapter_path, "config.json")):
+        return None
+    return MMConfig.from_pretrained(adapter_path)

@@ -187,11 +187,13 @@ def load_model(args: PublishArguments) -> tuple[torch.nn.Module, str]:
         return cls.from_pretrained(args.checkpoint, config=config).eval(), args.checkpoint
     from peft import PeftModel
 
+    from run_scripts.lora import adapter_head_config
+
     adapter_config = _read_json(os.path.join(args.adapter_path, "adapter_config.json"))
     base = _adapter_base(args, adapter_config)
     # The head config (e.g. a VQA answer vocabulary) lives next to the adapter when the adapter trained a new head.
-    head_config_dir = args.adapter_path if os.path.isfile(os.path.join(args.adapter_path, "config.json")) else base
-    config = MMConfig.from_pretrained(head_config_dir)
+    config = adapter_head_config(args.adapter_path)
+    config = config if config is not None else MMConfig.from_pretrained(base)
     head = (adapter_config.get("auto_mapping") or {}).get("base_model_class") or (config.architectures or [None])[0]
     model = PeftModel.from_pretrained(_head_class(head).from_pretrained(base, config=config), args.adapter_path)
     if args.merge_adapter:
