@@ -271,8 +271,10 @@ def test_torchrun_on_cpu_trains_with_ddp(tmp_path):
         "from run_scripts.common import parse_args\n"
         f"(args,) = parse_args((TrainingArguments,), ['--output_dir', {str(tmp_path / 'out')!r}, '--ddp_backend', 'gloo',"
         " '--report_to', 'none'])\n"
-        "print('PROBE', args.process_index, args.world_size, args.parallel_mode.value,"
-        " args.distributed_state.distributed_type.value, flush=True)\n"
+        # One file per rank: two ranks printing to one pipe can interleave within a line.
+        f"open({str(tmp_path)!r} + f'/probe{{args.process_index}}.txt', 'w').write(' '.join(map(str, ("
+        "args.process_index, args.world_size, args.parallel_mode.value,"
+        " args.distributed_state.distributed_type.value))))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "CUDA_VISIBLE_DEVICES")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
@@ -281,6 +283,6 @@ def test_torchrun_on_cpu_trains_with_ddp(tmp_path):
          str(script)],
         capture_output=True, text=True, env=env, timeout=240,
     )
-    probes = sorted(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("PROBE"))
     assert result.returncode == 0, result.stderr[-2000:]
+    probes = sorted(path.read_text().split() for path in tmp_path.glob("probe*.txt"))
     assert probes == [["0", "2", "distributed", "MULTI_CPU"], ["1", "2", "distributed", "MULTI_CPU"]], probes
