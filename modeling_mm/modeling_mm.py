@@ -175,7 +175,9 @@ class MMAttention(nn.Module):
             layer = cache.cross_attention_cache.layers[self.layer_idx]
             key, value = layer.keys, layer.values
         else:
-            source = key_value_states if self.is_cross_attention else hidden_states
+            # Self-attention may take its keys/values from more positions than it has queries (`MMLayer`'s
+            # `query_positions`), passed as `key_value_states`.
+            source = key_value_states if self.is_cross_attention or key_value_states is not None else hidden_states
             if source is None:
                 raise ValueError("Cross-attention needs image states (pixel_values), and none are cached.")
             kv_shape = (*source.shape[:-1], -1, self.head_dim)
@@ -255,10 +257,23 @@ class MMLayer(GradientCheckpointingLayer):
         cache: Cache | None = None,
         output_attentions: bool = False,
         encoder_index: torch.LongTensor | None = None,
+        query_positions: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attn_out, self_weights = self.self_attn(
-            self.layer_norm1(hidden_states), attention_mask, cache=cache, output_attentions=output_attentions
-        )
+        """`query_positions` `(B, Q)`: compute the layer's output only at those positions (`(B, Q, D)`); every position
+        is still attended to. A last layer whose other outputs nobody reads skips most of its work this way."""
+        normed = self.layer_norm1(hidden_states)
+        if query_positions is None:
+            attn_out, self_weights = self.self_attn(
+                normed, attention_mask, cache=cache, output_attentions=output_attentions
+            )
+        else:
+            index = query_positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
+            if attention_mask is not None and attention_mask.shape[-2] > 1:  # (B, 1, L, L) -> kept rows (B, 1, Q, L)
+                attention_mask = torch.take_along_dim(attention_mask, query_positions[:, None, :, None], dim=2)
+            attn_out, self_weights = self.self_attn(
+                normed.gather(1, index), attention_mask, key_value_states=normed, output_attentions=output_attentions
+            )
+            hidden_states = hidden_states.gather(1, index)
         hidden_states = hidden_states + self.dropout(attn_out)
         cross_weights = None
         if self.has_cross_attention:
@@ -339,36 +354,46 @@ class MMVisionEmbeddings(nn.Module):
             raise ValueError(
                 f"pixel_values height and width ({height}x{width}) must be multiples of patch_size {self.patch_size}."
             )
-        target_dtype = self.patch_embedding.weight.dtype
-        pixel_values = pixel_values.to(target_dtype)
+        if video and (self.temporal_embedding is None or frames > self.temporal_embedding.shape[1]):
+            supported = 1 if self.temporal_embedding is None else self.temporal_embedding.shape[1]
+            raise ValueError(
+                f"pixel_values has {frames} frames but vision_config.num_frames is {supported}; set num_frames "
+                "to at least the clip length."
+            )
+        pixel_values = pixel_values.to(self.patch_embedding.weight.dtype)
         if self.stem is not None:
             pixel_values = self.stem(pixel_values)
-        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B*T, N, D)
-        patches = patches + self._patch_positions(height, width)
+        positions = self._patch_positions(height, width)  # (1, N, D)
         if video:
-            if self.temporal_embedding is None or frames > self.temporal_embedding.shape[1]:
-                supported = 1 if self.temporal_embedding is None else self.temporal_embedding.shape[1]
-                raise ValueError(
-                    f"pixel_values has {frames} frames but vision_config.num_frames is {supported}; set num_frames "
-                    "to at least the clip length."
-                )
-            patches = patches.view(batch, frames, -1, self.hidden_size) + self.temporal_embedding[:, :frames]
-        patches = patches.reshape(batch, -1, self.hidden_size)  # (B, T*N, D)
-        if keep_indices is not None:
-            tokens = patches.shape[1]
-            valid = keep_indices.ndim == 2 and keep_indices.shape[0] == batch and keep_indices.numel() > 0
-            if not valid or (
-                _eager_checks() and (int(keep_indices.min()) < 0 or int(keep_indices.max()) >= tokens)
-            ):
-                span = f", values in [{int(keep_indices.min())}, {int(keep_indices.max())}]" if keep_indices.numel() else ""
-                raise ValueError(
-                    f"image_keep_indices must be a non-empty (batch={batch}, K) tensor of patch indices in "
-                    f"[0, {tokens}); got shape {tuple(keep_indices.shape)}{span}."
-                )
-            # FLIP (Li et al. 2023): encode only the kept patches; compute falls in proportion to the mask ratio.
-            patches = torch.gather(patches, 1, keep_indices.unsqueeze(-1).expand(-1, -1, self.hidden_size))
-        cls = (self.cls_token + self.position_embedding[:, :1]).expand(batch, -1, -1)
-        return self.dropout(torch.cat([cls, patches], dim=1)), frames
+            positions = (positions.unsqueeze(1) + self.temporal_embedding[:, :frames]).flatten(1, 2)  # (1, T*N, D)
+        tokens = positions.shape[1]
+        if keep_indices is None:
+            patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B*T, N, D)
+            return self._with_cls(patches.reshape(batch, tokens, self.hidden_size) + positions), frames
+        valid = keep_indices.ndim == 2 and keep_indices.shape[0] == batch and keep_indices.numel() > 0
+        if not valid or (_eager_checks() and (int(keep_indices.min()) < 0 or int(keep_indices.max()) >= tokens)):
+            span = f", values in [{int(keep_indices.min())}, {int(keep_indices.max())}]" if keep_indices.numel() else ""
+            raise ValueError(
+                f"image_keep_indices must be a non-empty (batch={batch}, K) tensor of patch indices in "
+                f"[0, {tokens}); got shape {tuple(keep_indices.shape)}{span}."
+            )
+        # FLIP (Li et al. 2023): only the kept patches are embedded and encoded, so compute falls with the mask ratio.
+        # The patch projection is a convolution with kernel = stride, i.e. a linear map of each patch's pixels.
+        index = keep_indices.unsqueeze(-1).expand(-1, -1, self.hidden_size)
+        if type(self.patch_embedding) is nn.Conv2d:
+            kernel = self.patch_embedding.kernel_size
+            pixels = nn.functional.unfold(pixel_values, kernel, stride=kernel).transpose(1, 2)  # (B*T, N, C*k*k)
+            pixels = pixels.reshape(batch, tokens, -1)
+            pixels = pixels.gather(1, keep_indices.unsqueeze(-1).expand(-1, -1, pixels.shape[-1]))
+            patches = nn.functional.linear(pixels, self.patch_embedding.weight.flatten(1), self.patch_embedding.bias)
+        else:  # a wrapped projection (e.g. LoRA on the convolution) runs as given, on every patch
+            patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2).reshape(batch, tokens, -1)
+            patches = patches.gather(1, index)
+        return self._with_cls(patches + positions.expand(batch, -1, -1).gather(1, index)), frames
+
+    def _with_cls(self, patches: torch.Tensor) -> torch.Tensor:
+        cls = (self.cls_token + self.position_embedding[:, :1]).expand(patches.shape[0], -1, -1)
+        return self.dropout(torch.cat([cls, patches], dim=1))
 
 
 class MMTextEmbeddings(nn.Module):
@@ -735,6 +760,24 @@ def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def vocab_logits(hidden_states: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """`head(hidden_states)` for a vocabulary projection. On CPU, for the few rows of a decoding step (no grad), the
+    same product is computed as `(W @ h^T)^T`: with a wide vocabulary that orientation of the skinny matmul runs about
+    twice as fast there (see BENCHMARKS.md). Other devices, training and wrapped heads (e.g. LoRA) call `head`."""
+    rows = hidden_states.numel() // hidden_states.shape[-1]
+    if (
+        type(head) is not nn.Linear
+        or hidden_states.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or not 0 < rows <= 64
+        or hidden_states.dtype != head.weight.dtype
+    ):
+        return head(hidden_states)
+    flat = hidden_states.reshape(rows, hidden_states.shape[-1]).t()
+    logits = head.weight @ flat if head.bias is None else torch.addmm(head.bias.unsqueeze(1), head.weight, flat)
+    return logits.t().view(*hidden_states.shape[:-1], -1)
+
+
 class MMTextDecoder(nn.Module):
     """Image-conditioned causal text decoder (BLIP-style): causal self-attention, cross-attention to image patches,
     an LM head tied to its word embeddings. Shared by the pretraining LM objective and the captioning head."""
@@ -764,8 +807,10 @@ class MMTextDecoder(nn.Module):
         output_attentions: bool = False,
         compute_logits: bool = True,
         position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> MMDecoderOutput:
-        """`compute_logits=False` returns only the hidden states, for callers that score a subset of positions."""
+        """`compute_logits=False` returns only the hidden states, for callers that score a subset of positions;
+        `logits_to_keep` (transformers' convention) projects only the last N positions (0: all) or the given ones."""
         _check_input_ids(input_ids, self.config.vocab_size)
         if use_cache:
             # Generation hands us a plain DynamicCache; we also need a slot for the image keys/values.
@@ -795,7 +840,10 @@ class MMTextDecoder(nn.Module):
                 hidden_states, causal_mask, encoder_hidden_states, None, cache, output_attentions
             )
         hidden_states = self.final_layer_norm(hidden_states)
-        logits = self.lm_head(hidden_states) if compute_logits else None
+        logits = None
+        if compute_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = vocab_logits(hidden_states[:, keep], self.lm_head)
         return MMDecoderOutput(logits=logits, cache=cache, last_hidden_state=hidden_states)
 
 
@@ -926,20 +974,35 @@ class MMModel(MMPreTrainedModel):
         image_hidden: torch.Tensor,
         output_attentions: bool = False,
         image_index: torch.LongTensor | None = None,
+        output_positions: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Hybrid fusion: text states `(B, L, Dt)` cross-attend to image states `(B, N, Dv)`; returns `(B, L, Dt)`.
-        With `image_index` `(B,)`, text row i attends to `image_hidden[image_index[i]]` (images projected once)."""
+        With `image_index` `(B,)`, text row i attends to `image_hidden[image_index[i]]` (images projected once).
+        With `output_positions` `(B, Q)`, only those positions are returned, `(B, Q, Dt)`, and the last layer computes
+        nothing else (e.g. `[CLS]` for ITM, the masked tokens for MLM)."""
         self._require(("hybrid",), "fuse")
         mask = create_bidirectional_mask(
             config=self.fusion_layers[0].self_attn.config, inputs_embeds=text_hidden, attention_mask=attention_mask
         )
         cross_attentions = ()
         hidden_states = text_hidden
-        for layer in self.fusion_layers:
+        gather_at_end = output_positions is not None and mask is not None and not isinstance(mask, torch.Tensor)
+        last = -1 if gather_at_end else len(self.fusion_layers) - 1  # e.g. flex attention's BlockMask: no pruning
+        for i, layer in enumerate(self.fusion_layers):
             hidden_states, _, cross = layer(
-                hidden_states, mask, image_hidden, None, None, output_attentions, image_index
+                hidden_states,
+                mask,
+                image_hidden,
+                None,
+                None,
+                output_attentions,
+                image_index,
+                output_positions if i == last else None,
             )
             cross_attentions += (cross,)
+        if gather_at_end:
+            index = output_positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
+            hidden_states = hidden_states.gather(1, index)
         return self.fusion_layer_norm(hidden_states), cross_attentions
 
     def joint_encode(

@@ -229,6 +229,11 @@ class MMForPreTraining(MMPreTrainedModel):
                 "The 'mlm' objective needs mlm_input_ids and mlm_labels (DataCollatorForMMPretraining makes them)."
             )
         if "mlm" in objectives:
+            if mlm_input_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"mlm_input_ids must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                    f"{tuple(mlm_input_ids.shape)}."
+                )
             _check_lm_labels(mlm_labels, input_ids, self.config.text_config.vocab_size, name="mlm_labels")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -251,10 +256,31 @@ class MMForPreTraining(MMPreTrainedModel):
         mm = self.mm
         image = mm.encode_image(pixel_values, keep)
         image_hidden = image.last_hidden_state  # (B, 1+K, Dv)
-        text = mm.encode_text(input_ids, attention_mask) if {"itc", "itm"} & set(objectives) else None
-        if text is not None:
+        batch = input_ids.shape[0]
+        need_clean, need_mlm = bool({"itc", "itm"} & set(objectives)), "mlm" in objectives
+        text_hidden = masked_hidden = None
+        if need_clean and need_mlm:
+            # One text-tower pass over [clean ; masked] (rows are independent): twice the rows per matmul and half
+            # the kernel calls of two passes.
+            both = mm.encode_text(torch.cat([input_ids, mlm_input_ids]), attention_mask.repeat(2, 1))
+            text_hidden, masked_hidden = both.last_hidden_state.split(batch)
+        elif need_clean:
+            text_hidden = mm.encode_text(input_ids, attention_mask).last_hidden_state
+        elif need_mlm:
+            masked_hidden = mm.encode_text(mlm_input_ids, attention_mask).last_hidden_state
+        # The fusion layers run once over every pair that needs them: ITM pairs, then the masked texts for MLM. Their
+        # last layer computes only what the heads read: [CLS] for ITM, the masked positions for MLM.
+        fuse_text, fuse_mask, fuse_image, fuse_positions = [], [], [], []
+        if need_mlm:
+            masked = mlm_labels != -100
+            num_masked = masked.sum(1)
+            # Each row's masked positions first (in order), padded with unmasked ones up to the longest row.
+            slots = max(int(num_masked.max()), 1)
+            mlm_positions = torch.argsort((~masked).to(torch.int8), dim=1, stable=True)[:, :slots]
+        rows = torch.arange(batch, device=input_ids.device)
+        if text_hidden is not None:
             image_embeds = nn.functional.normalize(mm.visual_projection(image.pooler_output), dim=-1)
-            text_embeds = nn.functional.normalize(mm.text_projection(text.pooler_output), dim=-1)
+            text_embeds = nn.functional.normalize(mm.text_projection(text_hidden[:, 0]), dim=-1)
             scale = mm.clamped_logit_scale()
             similarity = scale * image_embeds @ text_embeds.t()  # (B, B) local
             out["logits_per_image"] = similarity
@@ -263,22 +289,38 @@ class MMForPreTraining(MMPreTrainedModel):
                 losses["itc"] = contrastive_loss(image_embeds, text_embeds, scale, rank, world_size, ids=image_ids)
             if "itm" in objectives:
                 neg_text, neg_image = sample_hard_negatives(similarity.detach(), image_ids)
-                rows = torch.arange(input_ids.shape[0], device=input_ids.device)
                 has_t, has_i = neg_text >= 0, neg_image >= 0
                 # Pairs: positives (i, i); (image i, hard negative text); (hard negative image, text j).
                 image_idx = torch.cat([rows, rows[has_t], neg_image[has_i]])
                 text_idx = torch.cat([rows, neg_text[has_t], rows[has_i]])
-                fused, _ = mm.fuse(
-                    text.last_hidden_state[text_idx], attention_mask[text_idx], image_hidden, image_index=image_idx
-                )
-                logits = self.itm_head(fused[:, 0])
-                labels = torch.cat([torch.ones_like(rows), torch.zeros_like(text_idx[rows.shape[0]:])])
+                fuse_text.append(text_hidden[text_idx])
+                fuse_mask.append(attention_mask[text_idx])
+                fuse_image.append(image_idx)
+                fuse_positions.append(text_idx.new_zeros(text_idx.shape[0], slots if need_mlm else 1))
+        if need_mlm:
+            fuse_text.append(masked_hidden)
+            fuse_mask.append(attention_mask)
+            fuse_image.append(rows)
+            fuse_positions.append(mlm_positions)
+        if fuse_text:
+            fused, _ = mm.fuse(
+                torch.cat(fuse_text),
+                torch.cat(fuse_mask),
+                image_hidden,
+                image_index=torch.cat(fuse_image),
+                output_positions=torch.cat(fuse_positions),
+            )
+            if "itm" in objectives:
+                logits = self.itm_head(fused[: text_idx.shape[0], 0])
+                labels = torch.cat([torch.ones_like(rows), torch.zeros_like(text_idx[batch:])])
                 losses["itm"] = itm_loss(logits, labels)
                 out["itm_logits"], out["itm_labels"] = logits, labels
-        if "mlm" in objectives:
-            masked = mm.encode_text(mlm_input_ids, attention_mask)
-            fused, _ = mm.fuse(masked.last_hidden_state, attention_mask, image_hidden)
-            losses["mlm"], out["mlm_logits"] = self._masked_lm(fused, mlm_labels)
+            if need_mlm:
+                # Slot j of row b holds a masked token when j < num_masked[b]: row-major order of `masked`.
+                in_slot = torch.arange(slots, device=masked.device) < num_masked.unsqueeze(1)
+                losses["mlm"], out["mlm_logits"] = self._masked_lm(
+                    fused[fused.shape[0] - batch :][in_slot], mlm_labels[masked]
+                )
         if "lm" in objectives:
             hidden = self.text_decoder(input_ids, image_hidden, attention_mask, compute_logits=False).last_hidden_state
             # Position t predicts token t+1; only real (non-padding) targets are scored, which skips the vocabulary
@@ -289,14 +331,13 @@ class MMForPreTraining(MMPreTrainedModel):
             losses["lm"] = nn.functional.cross_entropy(logits.float(), targets[valid])
             out["lm_logits"] = logits
 
-    def _masked_lm(self, hidden: torch.Tensor, mlm_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """MLM loss and logits at the masked positions only: `(N_masked, V)`. Projecting just those rows onto the
-        vocabulary (~15% of tokens) instead of every position is most of the MLM head's cost."""
-        masked = mlm_labels != -100
-        logits = self.mlm_head(hidden[masked])
+    def _masked_lm(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MLM loss and logits from the states of the masked positions only, `(N_masked, D)` -> `(N_masked, V)`.
+        Projecting just those rows onto the vocabulary (~15% of tokens) is most of the MLM head's saving."""
+        logits = self.mlm_head(hidden)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0, logits
-        return nn.functional.cross_entropy(logits.float(), mlm_labels[masked]), logits
+        return nn.functional.cross_entropy(logits.float(), targets), logits
 
     def _early_objectives(
         self, input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids, losses, out
@@ -320,7 +361,8 @@ class MMForPreTraining(MMPreTrainedModel):
             out["itm_logits"], out["itm_labels"] = logits, labels
         if "mlm" in objectives:
             hidden, _ = self.mm.joint_encode(mlm_input_ids, pixel_values, attention_mask)
-            losses["mlm"], out["mlm_logits"] = self._masked_lm(hidden[:, :length], mlm_labels)
+            masked = mlm_labels != -100
+            losses["mlm"], out["mlm_logits"] = self._masked_lm(hidden[:, :length][masked], mlm_labels[masked])
 
 
 class _MMClassifierBase(MMPreTrainedModel):
@@ -568,6 +610,7 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions:
         r"""
@@ -576,6 +619,8 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             pixel_values (`(B, C, H, W)` or `(B, T, C, H, W)`): Needed unless `cache` already holds the image keys.
             labels (`(B, L)`): Usually `input_ids` with padding set to -100; shifted inside, as in transformers.
             cache (`Cache`): Key/values from previous steps (generation).
+            logits_to_keep (`int` or `torch.Tensor`): Project only the last N positions onto the vocabulary (0: all),
+                or the given positions; `generate()` passes 1. Ignored when `labels` are given (the loss needs all).
         """
         if input_ids is None:
             raise ValueError("MMForConditionalGeneration needs input_ids (start with the [CLS] token).")
@@ -590,7 +635,13 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
         if labels is not None:
             _check_lm_labels(labels, input_ids, self.config.text_config.vocab_size)
         decoded = self.text_decoder(
-            input_ids, image_hidden, attention_mask, cache=cache, use_cache=use_cache, position_ids=position_ids
+            input_ids,
+            image_hidden,
+            attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            position_ids=position_ids,
+            logits_to_keep=0 if labels is not None else logits_to_keep,
         )
         loss = causal_lm_loss(decoded.logits, labels) if labels is not None else None
         return CausalLMOutputWithCrossAttentions(loss=loss, logits=decoded.logits, cache=decoded.cache)

@@ -203,6 +203,37 @@ def test_greedy_generation_with_and_without_cache(fusion):
     assert torch.equal(cached, uncached)
 
 
+def test_logits_to_keep_and_the_decoding_vocab_projection():
+    """`logits_to_keep` (what generate() passes) projects only the last positions, and the CPU decoding path of the
+    vocabulary projection (`vocab_logits`, few rows, no grad) gives what the LM head itself gives."""
+    from modeling_mm.modeling_mm import vocab_logits
+
+    model = _captioner("late")
+    inputs = tester.get_inputs()
+    with torch.no_grad():
+        full = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"]).logits
+        last = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], logits_to_keep=1).logits
+        picked = model(
+            input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], logits_to_keep=torch.tensor([0, 2])
+        ).logits
+    assert last.shape == (full.shape[0], 1, full.shape[-1])
+    torch.testing.assert_close(last, full[:, -1:])
+    torch.testing.assert_close(picked, full[:, [0, 2]])
+    # With labels the loss needs every position, whatever logits_to_keep says.
+    labels = inputs["input_ids"]
+    out = model(input_ids=labels, pixel_values=inputs["pixel_values"], labels=labels, logits_to_keep=1)
+    assert out.logits.shape == full.shape
+    head = model.text_decoder.lm_head
+    hidden = torch.randn(3, 2, head.in_features)
+    with torch.no_grad():
+        fast = vocab_logits(hidden, head)
+    torch.testing.assert_close(fast, head(hidden))
+    assert fast.shape == (3, 2, head.out_features)
+    biased = torch.nn.Linear(head.in_features, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(vocab_logits(hidden, biased), biased(hidden))
+
+
 @pytest.mark.parametrize("fusion", ["late", "hybrid"])
 def test_beam_search_with_and_without_cache(fusion):
     model = _captioner(fusion)

@@ -55,6 +55,62 @@ def test_total_loss_is_the_weighted_sum():
     torch.testing.assert_close(out.loss, expected)
 
 
+@pytest.mark.parametrize("objectives", [["itc", "itm", "mlm"], ["itm"], ["mlm"]])
+def test_hybrid_objectives_match_separate_full_passes(objectives):
+    """The hybrid step shares passes (one text-tower call over [clean ; masked], one fusion call over ITM and MLM
+    pairs) and computes the last fusion layer only at [CLS] / the masked tokens. Every output must equal the plain
+    computation: separate passes, full fusion, heads read afterwards."""
+    torch.manual_seed(0)
+    model = MMForPreTraining(tester.get_config("hybrid", objectives=objectives)).eval()
+    inputs = tester.get_pretraining_inputs()
+    inputs["attention_mask"][1, -2:] = 0  # padding in the fused rows
+    inputs["mlm_labels"][1, -2:] = -100
+    torch.manual_seed(5)
+    out = model(**inputs)
+
+    mm, mask = model.mm, inputs["attention_mask"]
+    with torch.no_grad():
+        image = mm.encode_image(inputs["pixel_values"])
+        rows = torch.arange(tester.batch_size)
+        if "itm" in objectives:
+            text = mm.encode_text(inputs["input_ids"], mask)
+            similarity = mm.clamped_logit_scale() * (
+                torch.nn.functional.normalize(mm.visual_projection(image.pooler_output), dim=-1)
+                @ torch.nn.functional.normalize(mm.text_projection(text.pooler_output), dim=-1).t()
+            )
+            torch.manual_seed(5)  # the same draw of hard negatives
+            neg_text, neg_image = sample_hard_negatives(similarity, inputs["image_ids"])
+            image_idx = torch.cat([rows, rows[neg_text >= 0], neg_image[neg_image >= 0]])
+            text_idx = torch.cat([rows, neg_text[neg_text >= 0], rows[neg_image >= 0]])
+            fused, _ = mm.fuse(text.last_hidden_state[text_idx], mask[text_idx], image.last_hidden_state, image_index=image_idx)
+            torch.testing.assert_close(out.itm_logits, model.itm_head(fused[:, 0]), atol=1e-5, rtol=1e-4)
+        if "mlm" in objectives:
+            masked_text = mm.encode_text(inputs["mlm_input_ids"], mask)
+            fused, _ = mm.fuse(masked_text.last_hidden_state, mask, image.last_hidden_state)
+            where = inputs["mlm_labels"] != -100
+            logits = model.mlm_head(fused[where])
+            torch.testing.assert_close(out.mlm_logits, logits, atol=1e-5, rtol=1e-4)
+            loss = torch.nn.functional.cross_entropy(logits, inputs["mlm_labels"][where])
+            torch.testing.assert_close(out.mlm_loss, loss, atol=1e-5, rtol=1e-4)
+
+
+def test_fusion_output_positions_match_the_full_fusion():
+    torch.manual_seed(0)
+    mm = MMForPreTraining(tester.get_config("hybrid")).eval().mm
+    inputs = tester.get_inputs()
+    mask = inputs["attention_mask"].clone()
+    mask[0, -3:] = 0
+    image = mm.encode_image(inputs["pixel_values"]).last_hidden_state
+    text = mm.encode_text(inputs["input_ids"], mask).last_hidden_state
+    positions = torch.tensor([[0, 2], [1, 1], [3, 0], [0, 0]])
+    full, full_cross = mm.fuse(text, mask, image, output_attentions=True)
+    part, part_cross = mm.fuse(text, mask, image, output_attentions=True, output_positions=positions)
+    assert part.shape == (4, 2, full.shape[-1])
+    torch.testing.assert_close(part, full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1])))
+    # The last layer's cross-attention maps cover the kept queries only.
+    torch.testing.assert_close(part_cross[-1], full_cross[-1][torch.arange(4)[:, None], :, positions].transpose(1, 2))
+
+
 def test_mlm_needs_masked_inputs():
     model = MMForPreTraining(tester.get_config("hybrid"))
     with pytest.raises(ValueError, match="mlm_input_ids and mlm_labels"):
@@ -120,6 +176,50 @@ def test_random_keep_indices_are_sorted_unique_subsets():
     assert indices.shape == (16, 25)
     for row in indices:
         assert row.unique().numel() == 25 and torch.equal(row, row.sort().values) and row.max() < 100
+
+
+@pytest.mark.parametrize("stem", ["patchify", "conv_stem", "wrapped"])
+@pytest.mark.parametrize("video", [False, True])
+def test_flip_embeds_only_the_kept_patches_and_matches_the_full_embedding(stem, video):
+    """FLIP projects just the kept patches' pixels (the patch convolution as a linear map; a wrapped projection,
+    e.g. LoRA, runs whole); the result must be the full embedding's rows at those indices, positions (and frame
+    embeddings) included, gradients too."""
+    from modeling_mm.modeling_mm import MMVisionEmbeddings
+    from modeling_mm.configuration_mm import MMVisionConfig
+
+    torch.manual_seed(0)
+    config = MMVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_attention_heads=4, num_frames=2,
+        patch_embedding_type="patchify" if stem == "wrapped" else stem,
+    )
+    embeddings = MMVisionEmbeddings(config).eval()
+    conv = embeddings.patch_embedding
+    if stem == "wrapped":
+
+        class Wrapped(torch.nn.Module):  # exposes .weight, as peft's LoRA layers do
+            def __init__(self):
+                super().__init__()
+                self.base_layer = conv
+                self.weight = conv.weight
+
+            def forward(self, x):
+                return self.base_layer(x)
+
+        embeddings.patch_embedding = Wrapped()
+    for p in (embeddings.position_embedding, embeddings.temporal_embedding):
+        torch.nn.init.normal_(p)
+    pixel_values = torch.randn(3, 2, 3, 32, 32) if video else torch.randn(3, 3, 32, 32)
+    tokens = 32 if video else 16
+    keep = torch.stack([torch.randperm(tokens)[:5].sort().values for _ in range(3)])
+    full, frames = embeddings(pixel_values)
+    kept, kept_frames = embeddings(pixel_values, keep)
+    assert frames == kept_frames == (2 if video else 1)
+    expected = torch.cat([full[:, :1], full[:, 1:].gather(1, keep[..., None].expand(-1, -1, 32))], dim=1)
+    torch.testing.assert_close(kept, expected)
+    weight = conv.weight
+    (grad_kept,) = torch.autograd.grad(kept.square().sum(), weight)
+    (grad_full,) = torch.autograd.grad(expected.square().sum(), weight)
+    torch.testing.assert_close(grad_kept, grad_full)
 
 
 def test_collator_keep_indices_are_used():
