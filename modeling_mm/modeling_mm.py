@@ -185,7 +185,7 @@ class MMAttention(nn.Module):
             value = self.v_proj(source).view(kv_shape).transpose(1, 2)
             if kv_index is not None:
                 # Several queries rows share one image (ITM negatives): project each image once, then gather.
-                key, value = key[kv_index], value[kv_index]  # (B, H, Lk, d)
+                key, value = key.index_select(0, kv_index), value.index_select(0, kv_index)  # (B, H, Lk, d)
             if isinstance(cache, EncoderDecoderCache):
                 if self.is_cross_attention:
                     key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
