@@ -124,8 +124,10 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts `labels[t + 1]`; -100 is ignored (transformers convention)."""
-    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[:, 1:].reshape(-1)
+    # Shift the labels, not the logits (as transformers' ForCausalLMLoss): the last position gets -100, and the
+    # (B, L, V) logits are read in place instead of copied without their last position.
+    shifted_logits = logits.reshape(-1, logits.shape[-1]).float()
+    shifted_labels = nn.functional.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
     # Sum over the scored tokens / their count (at least 1): the mean, and 0 when every label is -100, with no
     # data-dependent branch (no host sync, no graph break).
     total = nn.functional.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100, reduction="sum")

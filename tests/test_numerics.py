@@ -192,3 +192,16 @@ def test_heads_with_degenerate_labels():
     vqa = _model(MMForVisualQuestionAnswering, "late", num_labels=4)
     for labels in (torch.zeros(3, 4), torch.ones(3, 4)):  # soft scores at both ends
         _train_step(vqa, dict(inputs, labels=labels), "VQA soft scores")
+
+
+def test_causal_lm_loss_is_the_mean_over_shifted_real_targets():
+    from modeling_mm.losses import causal_lm_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    labels[1, 3:] = -100
+    labels[2, 1] = -100
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(causal_lm_loss(logits, labels), expected)
+    assert float(causal_lm_loss(logits, torch.full_like(labels, -100))) == 0.0
