@@ -651,16 +651,25 @@ class MMVisionModel(MMPreTrainedModel):
         pixel_values: torch.FloatTensor,
         image_keep_indices: torch.LongTensor | None = None,
         output_attentions: bool = False,
+        pooled_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        r"""
+        pooled_only (`bool`): Compute only `pooler_output` (the `[CLS]` state): the last layer then runs its queries,
+            attention output and MLP for `[CLS]` alone, and `last_hidden_state` is `None`. Used for embeddings.
+        """
         hidden_states, _ = self.embeddings(pixel_values, keep_indices=image_keep_indices)  # (B, 1+N, D)
+        cls_only = _cls_positions(hidden_states) if pooled_only else None
         attentions = ()
-        for layer in self.layers:
-            hidden_states, weights, _ = layer(hidden_states, None, output_attentions=output_attentions)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            hidden_states, weights, _ = layer(
+                hidden_states, None, output_attentions=output_attentions, query_positions=cls_only if last else None
+            )
             attentions += (weights,)
         hidden_states = self.post_layernorm(hidden_states)
         return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states,
+            last_hidden_state=None if pooled_only else hidden_states,
             pooler_output=hidden_states[:, 0],
             attentions=attentions if output_attentions else None,
         )
@@ -687,13 +696,23 @@ class MMTextModel(MMPreTrainedModel):
         self.embeddings.word_embeddings = value
 
     def encode(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        output_positions: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Runs the layers over already-embedded tokens with a 2D `(B, L)` padding mask."""
+        """Runs the layers over already-embedded tokens with a 2D `(B, L)` padding mask; with `output_positions`
+        `(B, Q)`, only those positions are returned and the last layer computes nothing else."""
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        if output_positions is not None and mask is not None and not isinstance(mask, torch.Tensor):
+            raise ValueError("output_positions needs a tensor attention mask (not flex attention's BlockMask).")
         attentions = ()
-        for layer in self.layers:
-            hidden_states, weights, _ = layer(hidden_states, mask, output_attentions=output_attentions)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            hidden_states, weights, _ = layer(
+                hidden_states, mask, output_attentions=output_attentions, query_positions=output_positions if last else None
+            )
             attentions += (weights,)
         return self.final_layer_norm(hidden_states), attentions
 
@@ -703,17 +722,27 @@ class MMTextModel(MMPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         output_attentions: bool = False,
+        pooled_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        r"""
+        pooled_only (`bool`): Compute only `pooler_output` (the `[CLS]` state); `last_hidden_state` is `None`.
+        """
         _check_input_ids(input_ids, self.config.vocab_size)
+        embedded = self.embeddings(input_ids, token_type_ids)
         hidden_states, attentions = self.encode(
-            self.embeddings(input_ids, token_type_ids), attention_mask, output_attentions
+            embedded, attention_mask, output_attentions, _cls_positions(embedded) if pooled_only else None
         )
         return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states,
+            last_hidden_state=None if pooled_only else hidden_states,
             pooler_output=hidden_states[:, 0],
             attentions=attentions if output_attentions else None,
         )
+
+
+def _cls_positions(hidden_states: torch.Tensor) -> torch.LongTensor:
+    """`(B, 1)` zeros: the `[CLS]` position of every row, as `query_positions` for a pooled-only last layer."""
+    return torch.zeros(hidden_states.shape[0], 1, dtype=torch.long, device=hidden_states.device)
 
 
 def _text_layer_config(config: MMConfig) -> PreTrainedConfig:
@@ -911,13 +940,19 @@ class MMModel(MMPreTrainedModel):
         pixel_values: torch.FloatTensor,
         image_keep_indices: torch.LongTensor | None = None,
         output_attentions: bool = False,
+        pooled_only: bool = False,
     ) -> BaseModelOutputWithPooling:
-        """Runs the vision tower on images `(B, C, H, W)` or frames `(B, T, C, H, W)`."""
+        """Runs the vision tower on images `(B, C, H, W)` or frames `(B, T, C, H, W)`. `pooled_only`: the caller
+        reads only `pooler_output`, which lets the built-in tower skip most of its last layer (`last_hidden_state`
+        is then `None`; other towers run whole)."""
         self._require(("late", "hybrid"), "encode_image")
         _check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", None))
         if isinstance(self.vision_model, MMVisionModel):
             return self.vision_model(
-                pixel_values, image_keep_indices=image_keep_indices, output_attentions=output_attentions
+                pixel_values,
+                image_keep_indices=image_keep_indices,
+                output_attentions=output_attentions,
+                pooled_only=pooled_only,
             )
         if image_keep_indices is not None:
             raise ValueError("image_keep_indices (FLIP) needs the built-in MMVisionModel tower.")
@@ -936,19 +971,24 @@ class MMModel(MMPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
+        pooled_only: bool = False,
     ) -> BaseModelOutputWithPooling:
-        """Runs the text tower; the pooled state is the `[CLS]` token."""
+        """Runs the text tower; the pooled state is the `[CLS]` token. `pooled_only` as in `encode_image`."""
         self._require(("late", "hybrid"), "encode_text")
         _check_text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids)
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if isinstance(self.text_model, MMTextModel):
+            kwargs["pooled_only"] = pooled_only
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if isinstance(self.text_model, MMTextModel):
+            return out
         return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.last_hidden_state[:, 0])
 
     def get_image_features(
         self, pixel_values: torch.FloatTensor, image_keep_indices: torch.LongTensor | None = None
     ) -> torch.FloatTensor:
         """L2-normalised projected image embeddings `(B, projection_dim)`."""
-        pooled = self.encode_image(pixel_values, image_keep_indices).pooler_output
+        pooled = self.encode_image(pixel_values, image_keep_indices, pooled_only=True).pooler_output
         return nn.functional.normalize(self.visual_projection(pooled), dim=-1)
 
     def get_text_features(
@@ -958,7 +998,7 @@ class MMModel(MMPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
         """L2-normalised projected text embeddings `(B, projection_dim)`."""
-        pooled = self.encode_text(input_ids, attention_mask, token_type_ids).pooler_output
+        pooled = self.encode_text(input_ids, attention_mask, token_type_ids, pooled_only=True).pooler_output
         return nn.functional.normalize(self.text_projection(pooled), dim=-1)
 
     def clamped_logit_scale(self) -> torch.Tensor:

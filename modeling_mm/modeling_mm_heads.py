@@ -390,8 +390,8 @@ class _MMClassifierBase(MMPreTrainedModel):
             raise ValueError(f"{type(self).__name__} needs both input_ids and pixel_values.")
         _check_batch(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
         if self.config.fusion == "late":
-            text = self.mm.encode_text(input_ids, attention_mask, token_type_ids).pooler_output
-            image = self.mm.encode_image(pixel_values).pooler_output
+            text = self.mm.encode_text(input_ids, attention_mask, token_type_ids, pooled_only=True).pooler_output
+            image = self.mm.encode_image(pixel_values, pooled_only=True).pooler_output
             return torch.cat([text, image], dim=-1)
         return self.mm(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, token_type_ids=token_type_ids

@@ -87,8 +87,11 @@ def test_too_many_frames_is_a_clear_error():
 
 @pytest.mark.parametrize("fusion", ["late", "hybrid"])
 def test_unimodal_features(fusion):
+    """get_*_features compute only the pooled [CLS] state (the last layer runs for [CLS] alone); they must equal the
+    embeddings of the full forward, padding included."""
     model = _model(fusion)
     inputs = tester.get_inputs()
+    inputs["attention_mask"][0, -3:] = 0
     with torch.no_grad():
         text_only = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         image_only = model(pixel_values=inputs["pixel_values"])
@@ -100,6 +103,9 @@ def test_unimodal_features(fusion):
     torch.testing.assert_close(image_only.image_embeds, both.image_embeds)
     torch.testing.assert_close(text_features, both.text_embeds)
     torch.testing.assert_close(image_features, both.image_embeds)
+    pooled = model.encode_image(inputs["pixel_values"], pooled_only=True)
+    assert pooled.last_hidden_state is None
+    torch.testing.assert_close(pooled.pooler_output, model.encode_image(inputs["pixel_values"]).pooler_output)
 
 
 def test_early_fusion_needs_both_modalities():
