@@ -254,18 +254,23 @@ class MMForPreTraining(MMPreTrainedModel):
     ) -> None:
         objectives = self.config.objectives
         mm = self.mm
-        image = mm.encode_image(pixel_values, keep)
+        # Per-token states are computed only where something reads them (fusion, the captioning decoder); ITC alone
+        # needs just the pooled [CLS] states.
+        fuses = self.config.fusion == "hybrid" and bool({"itm", "mlm"} & set(objectives))
+        image = mm.encode_image(pixel_values, keep, pooled_only=not (fuses or "lm" in objectives))
         image_hidden = image.last_hidden_state  # (B, 1+K, Dv)
         batch = input_ids.shape[0]
         need_clean, need_mlm = bool({"itc", "itm"} & set(objectives)), "mlm" in objectives
-        text_hidden = masked_hidden = None
+        text_hidden = text_pooled = masked_hidden = None
         if need_clean and need_mlm:
             # One text-tower pass over [clean ; masked] (rows are independent): twice the rows per matmul and half
             # the kernel calls of two passes.
             both = mm.encode_text(torch.cat([input_ids, mlm_input_ids]), attention_mask.repeat(2, 1))
             text_hidden, masked_hidden = both.last_hidden_state.split(batch)
+            text_pooled = text_hidden[:, 0]
         elif need_clean:
-            text_hidden = mm.encode_text(input_ids, attention_mask).last_hidden_state
+            clean = mm.encode_text(input_ids, attention_mask, pooled_only="itm" not in objectives)
+            text_hidden, text_pooled = clean.last_hidden_state, clean.pooler_output
         elif need_mlm:
             masked_hidden = mm.encode_text(mlm_input_ids, attention_mask).last_hidden_state
         # The fusion layers run once over every pair that needs them: ITM pairs, then the masked texts for MLM. Their
@@ -278,9 +283,9 @@ class MMForPreTraining(MMPreTrainedModel):
             slots = max(int(num_masked.max()), 1)
             mlm_positions = torch.argsort((~masked).to(torch.int8), dim=1, stable=True)[:, :slots]
         rows = torch.arange(batch, device=input_ids.device)
-        if text_hidden is not None:
+        if text_pooled is not None:
             image_embeds = nn.functional.normalize(mm.visual_projection(image.pooler_output), dim=-1)
-            text_embeds = nn.functional.normalize(mm.text_projection(text_hidden[:, 0]), dim=-1)
+            text_embeds = nn.functional.normalize(mm.text_projection(text_pooled), dim=-1)
             scale = mm.clamped_logit_scale()
             similarity = scale * image_embeds @ text_embeds.t()  # (B, B) local
             out["logits_per_image"] = similarity

@@ -94,6 +94,27 @@ def test_hybrid_objectives_match_separate_full_passes(objectives):
             torch.testing.assert_close(out.mlm_loss, loss, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fusion", ["late", "hybrid"])
+def test_itc_only_pretraining_matches_the_full_towers(fusion):
+    """With ITC alone the towers compute just their pooled [CLS] states; the loss and logits must equal those from
+    the full towers' outputs."""
+    torch.manual_seed(0)
+    model = MMForPreTraining(tester.get_config(fusion, objectives=["itc"])).eval()
+    inputs = tester.get_pretraining_inputs()
+    inputs["attention_mask"][2, -3:] = 0
+    out = model(**inputs)
+    mm = model.mm
+    with torch.no_grad():
+        image = mm.encode_image(inputs["pixel_values"]).last_hidden_state[:, 0]
+        text = mm.encode_text(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state[:, 0]
+        image_embeds = torch.nn.functional.normalize(mm.visual_projection(image), dim=-1)
+        text_embeds = torch.nn.functional.normalize(mm.text_projection(text), dim=-1)
+        scale = mm.clamped_logit_scale()
+        expected = contrastive_loss(image_embeds, text_embeds, scale, ids=inputs["image_ids"])
+    torch.testing.assert_close(out.logits_per_image, scale * image_embeds @ text_embeds.t())
+    torch.testing.assert_close(out.itc_loss, expected)
+
+
 def test_fusion_output_positions_match_the_full_fusion():
     torch.manual_seed(0)
     mm = MMForPreTraining(tester.get_config("hybrid")).eval().mm
@@ -157,9 +178,9 @@ def test_flip_keeps_the_asked_fraction_in_training_only(ratio):
     seen = {}
 
     def hook(module, args, output):
-        seen["tokens"] = output.last_hidden_state.shape[1]
+        seen["tokens"] = output[0].shape[1]  # (embeddings (B, 1 + kept, D), frames)
 
-    model.mm.vision_model.register_forward_hook(hook)
+    model.mm.vision_model.embeddings.register_forward_hook(hook)
     inputs = tester.get_inputs()
     model.train()
     model(**inputs)
@@ -228,9 +249,9 @@ def test_collator_keep_indices_are_used():
     seen = {}
 
     def hook(module, args, output):
-        seen["tokens"] = output.last_hidden_state.shape[1]
+        seen["tokens"] = output[0].shape[1]  # (embeddings (B, 1 + kept, D), frames)
 
-    model.mm.vision_model.register_forward_hook(hook)
+    model.mm.vision_model.embeddings.register_forward_hook(hook)
     model(**tester.get_inputs(), image_keep_indices=keep)
     assert seen["tokens"] == 4
 
