@@ -790,12 +790,15 @@ def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
 
 
 def vocab_logits(hidden_states: torch.Tensor, head: nn.Module) -> torch.Tensor:
-    """`head(hidden_states)` for a vocabulary projection. On CPU, for the few rows of a decoding step (no grad), the
-    same product is computed as `(W @ h^T)^T`: with a wide vocabulary that orientation of the skinny matmul runs about
-    twice as fast there (see BENCHMARKS.md). Other devices, training and wrapped heads (e.g. LoRA) call `head`."""
+    """`head(hidden_states)` for a vocabulary projection. On CPU, for a decoding step (one position `(B, 1, D)`, at
+    most 64 rows, no grad), the same product is computed as `(W @ h^T)^T`: with a wide vocabulary that orientation
+    of the skinny matmul runs about twice as fast there (see BENCHMARKS.md); the result is a transposed view, not a
+    contiguous tensor. Other devices, training, longer inputs and wrapped heads (e.g. LoRA) call `head`."""
     rows = hidden_states.numel() // hidden_states.shape[-1]
     if (
-        type(head) is not nn.Linear
+        hidden_states.ndim != 3
+        or hidden_states.shape[1] != 1
+        or type(head) is not nn.Linear
         or hidden_states.device.type != "cpu"
         or torch.is_grad_enabled()
         or not 0 < rows <= 64

@@ -223,12 +223,13 @@ def test_logits_to_keep_and_the_decoding_vocab_projection():
     labels = inputs["input_ids"]
     out = model(input_ids=labels, pixel_values=inputs["pixel_values"], labels=labels, logits_to_keep=1)
     assert out.logits.shape == full.shape
+    assert full.is_contiguous(), "only single-position (decoding) logits take the transposed path"
     head = model.text_decoder.lm_head
-    hidden = torch.randn(3, 2, head.in_features)
+    hidden = torch.randn(3, 1, head.in_features)
     with torch.no_grad():
         fast = vocab_logits(hidden, head)
     torch.testing.assert_close(fast, head(hidden))
-    assert fast.shape == (3, 2, head.out_features)
+    assert fast.shape == (3, 1, head.out_features)
     biased = torch.nn.Linear(head.in_features, 7)
     with torch.no_grad():
         torch.testing.assert_close(vocab_logits(hidden, biased), biased(hidden))
