@@ -131,7 +131,7 @@ class BenchSizes:
     projection_dim: int = 256
     gen_tokens: int = 16
     warmup: int = 2
-    iters: int = 5
+    iters: int = 9
     scaling_image_sizes: tuple[int, ...] = (64, 96, 128, 160, 192)
     scaling_text_lengths: tuple[int, ...] = (16, 32, 64, 128)
     scaling_iters: int = 2
