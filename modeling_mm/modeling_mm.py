@@ -789,25 +789,25 @@ def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def vocab_logits(hidden_states: torch.Tensor, head: nn.Module) -> torch.Tensor:
-    """`head(hidden_states)` for a vocabulary projection. On CPU, for a decoding step (one position `(B, 1, D)`, at
-    most 64 rows, no grad), the same product is computed as `(W @ h^T)^T`: with a wide vocabulary that orientation
-    of the skinny matmul runs about twice as fast there (see BENCHMARKS.md); the result is a transposed view, not a
-    contiguous tensor. Other devices, training, longer inputs and wrapped heads (e.g. LoRA) call `head`."""
-    rows = hidden_states.numel() // hidden_states.shape[-1]
-    if (
-        hidden_states.ndim != 3
-        or hidden_states.shape[1] != 1
-        or type(head) is not nn.Linear
-        or hidden_states.device.type != "cpu"
-        or torch.is_grad_enabled()
-        or not 0 < rows <= 64
-        or hidden_states.dtype != head.weight.dtype
-    ):
-        return head(hidden_states)
-    flat = hidden_states.reshape(rows, hidden_states.shape[-1]).t()
-    logits = head.weight @ flat if head.bias is None else torch.addmm(head.bias.unsqueeze(1), head.weight, flat)
-    return logits.t().view(*hidden_states.shape[:-1], -1)
+class MMVocabProjection(nn.Linear):
+    """`nn.Linear` onto the vocabulary. On CPU, for a decoding step (one position `(B, 1, D)`, at most 64 rows, no
+    grad), the same product is computed as `(W @ h^T)^T`: with a wide vocabulary that orientation of the skinny matmul
+    runs about twice as fast there (see BENCHMARKS.md); the result is then a transposed view, not a contiguous tensor.
+    Other devices, training and longer inputs take `nn.Linear`'s path."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if (
+            hidden_states.ndim != 3
+            or hidden_states.shape[1] != 1
+            or not 0 < hidden_states.shape[0] <= 64
+            or hidden_states.device.type != "cpu"
+            or torch.is_grad_enabled()
+            or hidden_states.dtype != self.weight.dtype
+        ):
+            return super().forward(hidden_states)
+        flat = hidden_states[:, 0].t()  # (D, B)
+        logits = self.weight @ flat if self.bias is None else torch.addmm(self.bias.unsqueeze(1), self.weight, flat)
+        return logits.t().unsqueeze(1)  # (B, 1, V)
 
 
 class MMTextDecoder(nn.Module):
@@ -826,7 +826,7 @@ class MMTextDecoder(nn.Module):
             ]
         )
         self.final_layer_norm = nn.LayerNorm(self.config.hidden_size, eps=self.config.layer_norm_eps)
-        self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+        self.lm_head = MMVocabProjection(self.config.hidden_size, self.config.vocab_size, bias=False)
         self.gradient_checkpointing = False
 
     def forward(
@@ -875,7 +875,7 @@ class MMTextDecoder(nn.Module):
         logits = None
         if compute_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = vocab_logits(hidden_states[:, keep], self.lm_head)
+            logits = self.lm_head(hidden_states[:, keep])
         return MMDecoderOutput(logits=logits, cache=cache, last_hidden_state=hidden_states)
 
 

@@ -205,8 +205,8 @@ def test_greedy_generation_with_and_without_cache(fusion):
 
 def test_logits_to_keep_and_the_decoding_vocab_projection():
     """`logits_to_keep` (what generate() passes) projects only the last positions, and the CPU decoding path of the
-    vocabulary projection (`vocab_logits`, few rows, no grad) gives what the LM head itself gives."""
-    from modeling_mm.modeling_mm import vocab_logits
+    vocabulary projection (`MMVocabProjection`: one position, few rows, no grad) gives what `nn.Linear` gives."""
+    from modeling_mm.modeling_mm import MMVocabProjection
 
     model = _captioner("late")
     inputs = tester.get_inputs()
@@ -227,12 +227,19 @@ def test_logits_to_keep_and_the_decoding_vocab_projection():
     head = model.text_decoder.lm_head
     hidden = torch.randn(3, 1, head.in_features)
     with torch.no_grad():
-        fast = vocab_logits(hidden, head)
-    torch.testing.assert_close(fast, head(hidden))
+        fast = head(hidden)
+    assert not fast.is_contiguous(), "the decoding step takes the transposed path"
+    torch.testing.assert_close(fast, torch.nn.functional.linear(hidden, head.weight))
     assert fast.shape == (3, 1, head.out_features)
-    biased = torch.nn.Linear(head.in_features, 7)
+    biased = MMVocabProjection(head.in_features, 7)
     with torch.no_grad():
-        torch.testing.assert_close(vocab_logits(hidden, biased), biased(hidden))
+        torch.testing.assert_close(biased(hidden), torch.nn.functional.linear(hidden, biased.weight, biased.bias))
+    # Forward hooks see the projection (profilers, LoRA and module breakdowns rely on them).
+    seen = []
+    handle = head.register_forward_hook(lambda *args: seen.append(True))
+    model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=2)
+    handle.remove()
+    assert len(seen) == 2
 
 
 @pytest.mark.parametrize("fusion", ["late", "hybrid"])
