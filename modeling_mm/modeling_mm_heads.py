@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mm import MMConfig, MMTextConfig
 from .losses import causal_lm_loss, contrastive_loss, distributed_info, itm_loss, sample_hard_negatives
-from .modeling_mm import MMModel, MMPreTrainedModel, MMTextDecoder, _eager_checks
+from .modeling_mm import MMModel, MMPreTrainedModel, MMTextDecoder, MMVocabProjection, _eager_checks
 
 
 __all__ = [
@@ -584,6 +584,19 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.text_decoder.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        # resize_token_embeddings hands back a plain nn.Linear; keep it as the decoder's vocabulary projection class
+        # (same parameters) and let the decoder accept the new token ids.
+        if type(new_embeddings) is nn.Linear:
+            projection = MMVocabProjection(
+                new_embeddings.in_features, new_embeddings.out_features, bias=new_embeddings.bias is not None,
+                device="meta",
+            )
+            projection.weight, projection.bias = new_embeddings.weight, new_embeddings.bias
+            new_embeddings = projection
+        self.text_decoder.lm_head = new_embeddings
+        self.text_decoder.config.vocab_size = new_embeddings.out_features
 
     def generate(
         self,

@@ -242,6 +242,26 @@ def test_logits_to_keep_and_the_decoding_vocab_projection():
     assert len(seen) == 2
 
 
+def test_resize_token_embeddings_keeps_the_tied_projection_and_accepts_new_ids():
+    from modeling_mm.modeling_mm import MMVocabProjection
+
+    model = _captioner("late")
+    old = model.config.text_config.vocab_size
+    model.resize_token_embeddings(old + 3)
+    head = model.get_output_embeddings()
+    assert isinstance(head, MMVocabProjection) and head.out_features == old + 3
+    assert head.weight is model.get_input_embeddings().weight, "the LM head stays tied to the word embeddings"
+    inputs = tester.get_inputs()
+    input_ids = inputs["input_ids"].clone()
+    input_ids[:, 1] = old + 2  # a new token
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, pixel_values=inputs["pixel_values"]).logits
+    assert logits.shape[-1] == old + 3
+    loss = model(input_ids=input_ids, pixel_values=inputs["pixel_values"], labels=input_ids).loss
+    assert torch.isfinite(loss), "labels with the new ids are accepted too"
+    assert model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=2).shape[1] == 3
+
+
 @pytest.mark.parametrize("fusion", ["late", "hybrid"])
 def test_beam_search_with_and_without_cache(fusion):
     model = _captioner(fusion)
