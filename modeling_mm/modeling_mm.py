@@ -261,6 +261,15 @@ class MMLayer(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """`query_positions` `(B, Q)`: compute the layer's output only at those positions (`(B, Q, D)`); every position
         is still attended to. A last layer whose other outputs nobody reads skips most of its work this way."""
+        if query_positions is not None and attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            # A mask that is not a tensor (flex attention's BlockMask) cannot be cut down to the kept queries: run
+            # every position, then keep the asked ones.
+            hidden_states, self_weights, cross_weights = self.forward(
+                hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask, cache,
+                output_attentions, encoder_index,
+            )
+            index = query_positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
+            return hidden_states.gather(1, index), self_weights, cross_weights
         normed = self.layer_norm1(hidden_states)
         if query_positions is None:
             attn_out, self_weights = self.self_attn(
@@ -705,8 +714,6 @@ class MMTextModel(MMPreTrainedModel):
         """Runs the layers over already-embedded tokens with a 2D `(B, L)` padding mask; with `output_positions`
         `(B, Q)`, only those positions are returned and the last layer computes nothing else."""
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
-        if output_positions is not None and mask is not None and not isinstance(mask, torch.Tensor):
-            raise ValueError("output_positions needs a tensor attention mask (not flex attention's BlockMask).")
         attentions = ()
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
@@ -1029,8 +1036,7 @@ class MMModel(MMPreTrainedModel):
         )
         cross_attentions = ()
         hidden_states = text_hidden
-        gather_at_end = output_positions is not None and mask is not None and not isinstance(mask, torch.Tensor)
-        last = -1 if gather_at_end else len(self.fusion_layers) - 1  # e.g. flex attention's BlockMask: no pruning
+        last = len(self.fusion_layers) - 1
         for i, layer in enumerate(self.fusion_layers):
             hidden_states, _, cross = layer(
                 hidden_states,
@@ -1043,9 +1049,6 @@ class MMModel(MMPreTrainedModel):
                 output_positions if i == last else None,
             )
             cross_attentions += (cross,)
-        if gather_at_end:
-            index = output_positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
-            hidden_states = hidden_states.gather(1, index)
         return self.fusion_layer_norm(hidden_states), cross_attentions
 
     def joint_encode(

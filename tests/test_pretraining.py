@@ -407,3 +407,27 @@ def test_torchrun_on_cpu_trains_with_ddp(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     probes = sorted(path.read_text().split() for path in tmp_path.glob("probe*.txt"))
     assert probes == [["0", "2", "distributed", "MULTI_CPU"], ["1", "2", "distributed", "MULTI_CPU"]], probes
+
+
+def test_output_positions_under_flex_attention_match_the_full_computation():
+    """Flex attention's BlockMask cannot be cut down to the kept queries; the layer then runs every position and keeps
+    the asked ones, so pooled-only features and pruned fusion still equal the full computation."""
+    torch.manual_seed(0)
+    config = tester.get_config("hybrid")
+    for sub_config in (config, config.text_config, config.vision_config):
+        sub_config._attn_implementation = "flex_attention"
+    model = MMForPreTraining(config).eval()
+    mm = model.mm
+    inputs = tester.get_inputs()
+    mask = inputs["attention_mask"].clone()
+    mask[0, -3:] = 0
+    with torch.no_grad():
+        text = mm.encode_text(inputs["input_ids"], mask)
+        image = mm.encode_image(inputs["pixel_values"]).last_hidden_state
+        torch.testing.assert_close(
+            mm.encode_text(inputs["input_ids"], mask, pooled_only=True).pooler_output, text.pooler_output
+        )
+        positions = torch.tensor([[0, 2], [1, 1], [3, 0], [0, 0]])
+        full, _ = mm.fuse(text.last_hidden_state, mask, image)
+        part, _ = mm.fuse(text.last_hidden_state, mask, image, output_positions=positions)
+    torch.testing.assert_close(part, full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1])))
