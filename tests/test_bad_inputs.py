@@ -596,6 +596,9 @@ def _model_cases() -> list[Case]:
                 r"mlm_labels\[0, 0\] = 1000 is neither -100.*\[0, 99\)", **pt)
             add(f, "MLM labels of the wrong length", lambda m: m(**_pretraining_inputs(mlm_labels=torch.full((3, 5), -100))),
                 r"mlm_labels.*shape.*(\(3, 5\).*\(3, 7\)|\(3, 7\).*\(3, 5\))", **pt)
+            add(f, "MLM inputs of the wrong length",
+                lambda m: m(**_pretraining_inputs(mlm_input_ids=torch.full((3, 5), 3))),
+                r"mlm_input_ids must have the shape of input_ids \(3, 7\), got \(3, 5\)", **pt)
         if f != "early":
             cases.append(Case("model forward", f"{f}: FLIP patch index 999 of 16", lambda e, f=f: _flip_out_of_range(f),
                               VE, r"image_keep_indices.*\[0, 16\)"))
