@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_mm", "processing", "metrics", "run_scripts", "publishing"]),
+    packages=find_packages(include=["modeling_mm", "processing", "metrics", "run_scripts", "publishing", "training"]),
     package_data={"metrics": ["*/*.py"], "": ["../model_cards/*.md"]},
     install_requires=[
         # torch is pinned by the install commands (CPU build); any >= 2.6 works.

@@ -88,7 +88,7 @@ def load_for_task(path: str, task: str, revision: str | None = None):
     if os.path.isfile(adapter_config):
         from peft import PeftModel
 
-        from run_scripts.lora import adapter_head_config
+        from training.lora import adapter_head_config
 
         with open(adapter_config) as f:
             base_path = json.load(f).get("base_model_name_or_path")
@@ -259,7 +259,7 @@ def results_markdown(task: str, model_name: str, results: dict) -> str:
 
 
 def main(args: list[str] | None = None) -> dict:
-    from run_scripts.common import parse_args, setup_logging
+    from training.trainer import parse_args, setup_logging
 
     (eval_args,) = parse_args((EvalArguments,), args)
     setup_logging()

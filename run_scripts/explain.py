@@ -646,7 +646,7 @@ def load_explainer(path: str, **kwargs) -> tuple[MMPreTrainedModel, Any]:
 
 
 def main(args: list[str] | None = None) -> str:
-    from run_scripts.common import parse_args, setup_logging
+    from training.trainer import parse_args, setup_logging
 
     (explain_args,) = parse_args((ExplainArguments,), args)
     setup_logging()

@@ -71,7 +71,7 @@ from processing.collators import (  # noqa: E402
     DataCollatorForVQA,
 )
 from processing.data import EASY_VQA_SHAPES, easy_vqa_answers, load_easy_vqa, load_image_folder  # noqa: E402
-from run_scripts.common import (  # noqa: E402
+from training.trainer import (  # noqa: E402
     MMTrainer,
     default_text_tower_path,
     parse_args,
@@ -79,7 +79,7 @@ from run_scripts.common import (  # noqa: E402
     resolve_resume,
     setup_logging,
 )
-from run_scripts.lora import (  # noqa: E402
+from training.lora import (  # noqa: E402
     FREEZE_MODES,
     MODEL_PARTS,
     apply_lora,
@@ -385,7 +385,7 @@ def _head_kwargs(task: str, labels: list[str] | None, multi_label: bool) -> dict
 
 
 def load_model(model_args: ModelArguments, head_kwargs: dict[str, Any]) -> tuple[MMPreTrainedModel, set[str]]:
-    """The task head, from a checkpoint folder or composed from towers, and the parts (`run_scripts.lora.MODEL_PARTS`)
+    """The task head, from a checkpoint folder or composed from towers, and the parts (`training.lora.MODEL_PARTS`)
     that are newly initialised rather than loaded."""
     head = TASK_HEADS[model_args.task]
     if model_args.model_name_or_path:

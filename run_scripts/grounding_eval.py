@@ -190,7 +190,7 @@ def _half_recognition(model: MMPreTrainedModel, processor: Any, queries: list[tu
 
 def main(args: list[str] | None = None) -> dict:
     from processing.data import load_easy_vqa
-    from run_scripts.common import parse_args, setup_logging
+    from training.trainer import parse_args, setup_logging
 
     (grounding_args,) = parse_args((GroundingArguments,), args)
     setup_logging()

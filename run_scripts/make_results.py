@@ -50,7 +50,7 @@ def make_scratch_init(path: str = SCRATCH) -> str:
 
     from modeling_mm import MMConfig, MMForPreTraining
     from processing import MMProcessor
-    from run_scripts.common import default_text_tower_path
+    from training.trainer import default_text_tower_path
 
     torch.manual_seed(0)
     config = MMConfig.from_pretrained(PRETRAINED)

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from transformers import TrainingArguments, set_seed  # noqa: E402
 
 from modeling_mm import MMConfig, MMForPreTraining, MMVisionConfig  # noqa: E402
-from run_scripts.common import (  # noqa: E402
+from training.trainer import (  # noqa: E402
     MMTrainer,
     default_text_tower_path,
     parse_args,

@@ -45,7 +45,7 @@ from publishing import (  # noqa: E402
     eval_results_from_files,
     tower_base_models,
 )
-from run_scripts.common import parse_args, setup_logging  # noqa: E402
+from training.trainer import parse_args, setup_logging  # noqa: E402
 
 
 logger = logging.getLogger("publish")
@@ -187,7 +187,7 @@ def load_model(args: PublishArguments) -> tuple[torch.nn.Module, str]:
         return cls.from_pretrained(args.checkpoint, config=config).eval(), args.checkpoint
     from peft import PeftModel
 
-    from run_scripts.lora import adapter_head_config
+    from training.lora import adapter_head_config
 
     adapter_config = _read_json(os.path.join(args.adapter_path, "adapter_config.json"))
     base = _adapter_base(args, adapter_config)

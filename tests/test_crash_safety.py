@@ -26,7 +26,7 @@ from pretrain_tester import (
 )
 from safetensors.torch import load_file
 
-from run_scripts.common import (
+from training.trainer import (
     COMPLETE_MARKER,
     latest_complete_checkpoint,
     resolve_resume,
@@ -95,7 +95,7 @@ def test_auto_resume_skips_partial_checkpoint(fault, complete_run, tmp_path, cap
     output_dir = _copy_run(complete_run, tmp_path)
     partial = os.path.join(output_dir, "checkpoint-8")
     PARTIAL_WRITES[fault](partial)
-    with caplog.at_level(logging.WARNING, logger="run_scripts.common"):
+    with caplog.at_level(logging.WARNING, logger="training.trainer"):
         assert latest_complete_checkpoint(output_dir) == os.path.join(output_dir, "checkpoint-4")
         assert resolve_resume("auto", output_dir) == os.path.join(output_dir, "checkpoint-4")
     assert "Skipping incomplete checkpoint" in caplog.text and "checkpoint-8" in caplog.text

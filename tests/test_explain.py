@@ -15,7 +15,7 @@ from modeling_mm import MMForPreTraining, MMModel
 from processing import MMImageProcessor, MMProcessor
 from processing.data import default_tokenizer_path
 from run_scripts import explain, grounding_eval
-from run_scripts.common import plot_training_curves
+from training.trainer import plot_training_curves
 from run_scripts.explain import (
     METHOD_FUSIONS,
     attention_rollout,

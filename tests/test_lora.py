@@ -14,7 +14,7 @@ from modeling_mm import (
     MMForVisualQuestionAnswering,
 )
 from mm_tester import FUSIONS, MMModelTester
-from run_scripts.lora import (
+from training.lora import (
     apply_lora,
     default_lora_target_modules,
     default_modules_to_save,

@@ -389,7 +389,7 @@ def test_torchrun_on_cpu_trains_with_ddp(tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
         "from transformers import TrainingArguments\n"
-        "from run_scripts.common import parse_args\n"
+        "from training.trainer import parse_args\n"
         f"(args,) = parse_args((TrainingArguments,), ['--output_dir', {str(tmp_path / 'out')!r}, '--ddp_backend', 'gloo',"
         " '--report_to', 'none'])\n"
         # One file per rank: two ranks printing to one pipe can interleave within a line.

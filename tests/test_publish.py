@@ -33,7 +33,7 @@ from modeling_mm import (
 from processing import build_default_processor
 from publishing import check_model_card, eval_results_from_files, tower_base_models
 from run_scripts import publish
-from run_scripts.lora import apply_lora
+from training.lora import apply_lora
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

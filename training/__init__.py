@@ -1,0 +1,28 @@
+"""Training-side library shared by the command-line tools: the Trainer subclass, checkpoint completeness and resume,
+argument parsing, LoRA helpers and training-curve plots. Unlike `modeling_mm/`, this package may import peft and
+matplotlib: it is never copied into a Hub repo."""
+
+from .trainer import (
+    COMPLETE_MARKER,
+    CompleteCheckpointCallback,
+    MMTrainer,
+    default_text_tower_path,
+    latest_complete_checkpoint,
+    parse_args,
+    plot_training_curves,
+    resolve_resume,
+    setup_logging,
+)
+
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "CompleteCheckpointCallback",
+    "MMTrainer",
+    "default_text_tower_path",
+    "latest_complete_checkpoint",
+    "parse_args",
+    "plot_training_curves",
+    "resolve_resume",
+    "setup_logging",
+]
