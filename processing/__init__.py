@@ -25,6 +25,7 @@ _LAZY_ATTRIBUTES = {
     "EASY_VQA_COLORS": "data",
     "EASY_VQA_SHAPES": "data",
     "build_default_processor": "data",
+    "processor_for_model": "data",
     "check_images": "data",
     "default_tokenizer_path": "data",
     "easy_vqa_answers": "data",

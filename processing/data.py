@@ -46,7 +46,7 @@ from transformers.utils import logging
 
 from .collators import BadSampleCounter
 from .image_processing_mm import MMImageError, MMImageProcessor
-from .processing_mm import MMProcessor
+from .processing_mm import DEFAULT_MAX_LENGTH, MMProcessor
 
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "BadSampleCounter",
     "build_default_processor",
     "check_images",
+    "processor_for_model",
     "default_tokenizer_path",
     "easy_vqa_answers",
     "easy_vqa_data_dir",
@@ -80,7 +81,7 @@ def default_tokenizer_path() -> str:
 
 
 def build_default_processor(
-    image_size: int | None = None, max_length: int = 32, tokenizer_path: str | None = None, **image_processor_kwargs
+    image_size: int | None = None, max_length: int = DEFAULT_MAX_LENGTH, tokenizer_path: str | None = None, **image_processor_kwargs
 ) -> MMProcessor:
     """
     `MMProcessor` with the default MiniLM tokenizer and an `MMImageProcessor`.
@@ -99,6 +100,41 @@ def build_default_processor(
         image_processor_kwargs["size"] = {"height": image_size, "width": image_size}
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_path or default_tokenizer_path())
     return MMProcessor(MMImageProcessor(**image_processor_kwargs), tokenizer, max_length=max_length)
+
+
+def processor_for_model(
+    model: Any,
+    checkpoint: str | None = None,
+    text_model_name_or_path: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> MMProcessor:
+    """
+    The processor a model is trained or evaluated with: the checkpoint's own when it saved one, otherwise the default
+    one (`build_default_processor`: the text tower's tokenizer, MiniLM's by default, and an image processor at the
+    vision config's resolution). Checks that the tokenizer fits the model's vocabulary and `max_length` its positions.
+
+    Args:
+        model: An MM model (any head).
+        checkpoint (`str`, *optional*): The folder the model was loaded from.
+        text_model_name_or_path (`str`, *optional*): Tokenizer folder when the checkpoint has no processor.
+        max_length (`int`): The processor's token budget.
+    """
+    if checkpoint and os.path.isfile(os.path.join(checkpoint, "processor_config.json")):
+        processor = MMProcessor.from_pretrained(checkpoint)
+        processor.max_length = max_length
+    else:
+        image_size = getattr(model.config.vision_config, "image_size", None)
+        processor = build_default_processor(image_size, max_length=max_length, tokenizer_path=text_model_name_or_path)
+    vocab_size = model.config.text_config.vocab_size
+    if len(processor.tokenizer) > vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(processor.tokenizer)} tokens but the model's text vocabulary has {vocab_size}; "
+            "pass the matching --text_model_name_or_path."
+        )
+    max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
+    if max_positions is not None and max_length > max_positions:
+        raise ValueError(f"--max_length {max_length} exceeds the text tower's max_position_embeddings {max_positions}.")
+    return processor
 
 
 # ---------------------------------------------------------------------------------------------------- easy-VQA
@@ -126,7 +162,13 @@ _NEGATION_RE = re.compile(r"\b(not|no)\b")
 
 def easy_vqa_data_dir() -> str:
     """The `data/` folder of the installed `easy-vqa` package (train/, test/, answers.txt)."""
-    import easy_vqa
+    try:
+        import easy_vqa
+    except ImportError:
+        raise ImportError(
+            "The embedded easy-VQA data comes from the `easy-vqa` package: pip install 'mm-pretrain[demo]' "
+            "(or pip install easy-vqa), or pass your own data."
+        ) from None
 
     return os.path.join(os.path.dirname(easy_vqa.__file__), "data")
 

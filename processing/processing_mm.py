@@ -30,6 +30,10 @@ from .image_processing_mm import MMImageProcessor
 __all__ = ["MMProcessor"]
 
 
+# Token budget of a text ([CLS] and [SEP] included) when no `max_length` is given: the processor's and the tools' default.
+DEFAULT_MAX_LENGTH = 32
+
+
 class MMProcessor(ProcessorMixin):
     r"""
     Constructs a multimodal processor: [`MMImageProcessor`] for images/videos and a WordPiece tokenizer for text.
@@ -46,7 +50,9 @@ class MMProcessor(ProcessorMixin):
             Token budget used when truncating (or padding to `"max_length"`) without an explicit `max_length`.
     """
 
-    def __init__(self, image_processor: MMImageProcessor, tokenizer: Any, max_length: int = 32, **kwargs):
+    def __init__(
+        self, image_processor: MMImageProcessor, tokenizer: Any, max_length: int = DEFAULT_MAX_LENGTH, **kwargs
+    ):
         if not isinstance(max_length, int) or max_length < 2:
             # [CLS] and [SEP] alone take two tokens.
             raise ValueError(f"`max_length` must be an int >= 2, got {max_length}.")

@@ -1,7 +1,6 @@
-"""Publishing MM checkpoints to the Hub: model cards (`model_card`) and the custom `pipeline()` tasks that a published
-repo ships (`pipelines_mm`, copied into the repo by `run_scripts/publish.py`)."""
-
-import os
+"""Publishing MM checkpoints to the Hub: model cards (`model_card`), where the custom `pipeline()` code a published
+repo ships lives (`modeling_mm/pipelines_mm.py`), and the Hub-ready folder and its upload (`publishing.hub`, which
+`mm publish` and `MMTrainer.push_to_hub` run; import it directly, it loads torch and the model code)."""
 
 from .model_card import (
     CARD_TEMPLATE,
@@ -11,11 +10,8 @@ from .model_card import (
     eval_results_from_files,
     tower_base_models,
 )
+from .paths import PIPELINES_FILE, PIPELINES_PATH
 
-
-# The custom pipeline code a published repo ships; self-contained, as it runs without this package.
-PIPELINES_FILE = "pipelines_mm.py"
-PIPELINES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), PIPELINES_FILE)
 
 __all__ = [
     "CARD_TEMPLATE",

@@ -1,11 +1,13 @@
 """Model cards of published MM repos: YAML metadata (license, pipeline tag, base models, `model-index` from
-`run_scripts/evaluate.py` JSON files), the body rendered from `model_cards/mm_model_card.md`, and an offline check.
+`mm evaluate` JSON files), the body rendered from `model_cards/mm_model_card.md` (shipped as package data of the
+`model_cards` package, so an installed copy finds it), and an offline check.
 
 `huggingface_hub.ModelCard.validate()` posts the card to the Hub's `/api/validate-yaml` endpoint, so it needs network;
 `check_model_card` is the offline part of it (the YAML parses, `model-index` converts to `EvalResult`s, the required
-fields are there and every base model is a Hub repo id), and `run_scripts/publish.py --push` runs both.
+fields are there and every base model is a Hub repo id), and `mm publish --push` runs both.
 """
 
+import importlib.resources
 import json
 import os
 import re
@@ -24,8 +26,7 @@ __all__ = [
     "tower_base_models",
 ]
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CARD_TEMPLATE = os.path.join(_REPO_ROOT, "model_cards", "mm_model_card.md")
+CARD_TEMPLATE = str(importlib.resources.files("model_cards") / "mm_model_card.md")
 
 # evaluate.py task -> (Hub task type, readable name).
 EVAL_TASKS: dict[str, tuple[str, str]] = {

@@ -4,10 +4,10 @@
     -> evaluation (VQA accuracy, zero-shot accuracy, retrieval recall) -> publication to a Hub-ready folder
     -> pipeline() on a few test images (answers, captions, zero-shot labels).
 
-    python run_scripts/demo.py            # the full job (see README for its measured wall time)
-    python run_scripts/demo.py --quick    # toy sizes, a smoke run in a few minutes
+    mm demo            # the full job (see README for its measured wall time)
+    mm demo --quick    # toy sizes, a smoke run in a few minutes
 
-Each stage is one of the run scripts called with its own arguments; the stages' outputs go under --output_dir.
+Each stage is one of the `mm` commands called with its own arguments; the stages' outputs go under --output_dir.
 An interrupted run continues where it stopped: pretraining resumes from its last complete checkpoint, and finished
 stages (those whose summary file exists) are not run again.
 """
@@ -19,11 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-
-# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
-# replace it with the repository root.
-_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
 
 
 STAGES = ("pretrain", "vqa_lora", "captioning", "evaluate", "publish", "pipelines")
@@ -131,32 +126,33 @@ def main(argv: list[str] | None = None) -> dict:
     timings: dict[str, float] = {}
     paths = {name: os.path.join(out, name) for name in ("pretrain", "vqa_lora", "captioning", "hub_vqa", "hub_captioning")}
 
-    from run_scripts import evaluate, finetune, pretrain, publish
+    from run_scripts.cli import run_command
+    from run_scripts.finetune import SUMMARY_FILE
 
     # 1. Pretraining
     t = time.time()
     _banner(1, "pretrain", "hybrid MM on easy-VQA images + captions, MiniLM-L6 text tower (ITC + ITM + MLM)")
     summary_file = os.path.join(paths["pretrain"], "pretrain_summary.json")
     if not _done(summary_file):
-        pretrain.main(pretrain_args(paths["pretrain"], args.quick))
+        run_command("pretrain", pretrain_args(paths["pretrain"], args.quick))
     pretrain_summary = json.load(open(summary_file))
     timings["pretrain"] = time.time() - t
 
     # 2. LoRA fine-tuning for VQA
     t = time.time()
     _banner(2, "vqa_lora", "LoRA fine-tuning of the pretrained model for VQA (13 answers)")
-    vqa_summary_file = os.path.join(paths["vqa_lora"], finetune.SUMMARY_FILE)
+    vqa_summary_file = os.path.join(paths["vqa_lora"], SUMMARY_FILE)
     if not _done(vqa_summary_file):
-        finetune.main(vqa_args(paths["pretrain"], paths["vqa_lora"], args.quick))
+        run_command("finetune", vqa_args(paths["pretrain"], paths["vqa_lora"], args.quick))
     vqa_summary = json.load(open(vqa_summary_file))
     timings["vqa_lora"] = time.time() - t
 
     # 3. Captioning decoder
     t = time.time()
     _banner(3, "captioning", "training the image-conditioned caption decoder on the pretrained towers")
-    cap_summary_file = os.path.join(paths["captioning"], finetune.SUMMARY_FILE)
+    cap_summary_file = os.path.join(paths["captioning"], SUMMARY_FILE)
     if not _done(cap_summary_file):
-        finetune.main(captioning_args(paths["pretrain"], paths["captioning"], args.quick))
+        run_command("finetune", captioning_args(paths["pretrain"], paths["captioning"], args.quick))
     cap_summary = json.load(open(cap_summary_file))
     timings["captioning"] = time.time() - t
 
@@ -165,18 +161,18 @@ def main(argv: list[str] | None = None) -> dict:
     _banner(4, "evaluate", "VQA accuracy, zero-shot accuracy and retrieval recall on the easy-VQA test split")
     merged = os.path.join(paths["vqa_lora"], "merged")
     max_q = ["--max_samples", "256"] if args.quick else []
-    vqa_eval = evaluate.main(["--model_name_or_path", merged, "--task", "vqa", *max_q,
+    vqa_eval = run_command("evaluate", ["--model_name_or_path", merged, "--task", "vqa", *max_q,
                               "--output_file", os.path.join(out, "eval_vqa.json")])
-    zs_eval = evaluate.main(["--model_name_or_path", paths["pretrain"], "--task", "zero_shot", *max_q,
+    zs_eval = run_command("evaluate", ["--model_name_or_path", paths["pretrain"], "--task", "zero_shot", *max_q,
                              "--output_file", os.path.join(out, "eval_zero_shot.json")])
     timings["evaluate"] = time.time() - t
 
     # 5. Publication to local Hub-ready folders
     t = time.time()
     _banner(5, "publish", "Hub-ready folders with code, safetensors, processor and model card (dry run)")
-    publish.main(["--checkpoint", merged, "--output_dir", paths["hub_vqa"], "--overwrite_output_dir", "true",
+    run_command("publish", ["--checkpoint", merged, "--output_dir", paths["hub_vqa"], "--overwrite_output_dir", "true",
                   "--eval_results", os.path.join(out, "eval_vqa.json"), os.path.join(out, "eval_zero_shot.json")])
-    publish.main(["--checkpoint", paths["captioning"], "--output_dir", paths["hub_captioning"],
+    run_command("publish", ["--checkpoint", paths["captioning"], "--output_dir", paths["hub_captioning"],
                   "--overwrite_output_dir", "true"])
     timings["publish"] = time.time() - t
 

@@ -2,7 +2,7 @@
 
 The model comes from a checkpoint folder (any MM checkpoint, e.g. one written by pretraining) or is composed from a
 vision and a text tower (`from_vision_text_pretrained`); the new task head is initialised and reported in the log.
-Training is full, partial (per-part freezing) or LoRA (`--lora`, see `run_scripts/lora.py`).
+Training is full, partial (per-part freezing) or LoRA (`--lora`, see `training/lora.py`).
 
 Data: the easy-VQA dataset embedded in the `easy-vqa` package (default), or an image folder with `metadata.jsonl` /
 `metadata.csv` (`processing.data.load_image_folder`; a `test/` split is used for evaluation when present, otherwise
@@ -17,14 +17,14 @@ Data: the easy-VQA dataset embedded in the `easy-vqa` package (default), or an i
 
 Examples::
 
-    python -m run_scripts.finetune --task vqa --model_name_or_path outputs/pretrain --output_dir outputs/vqa
-    python -m run_scripts.finetune --task vqa --model_name_or_path outputs/pretrain --lora --freeze_vision frozen \\
+    mm finetune --task vqa --model_name_or_path outputs/pretrain --output_dir outputs/vqa
+    mm finetune --task vqa --model_name_or_path outputs/pretrain --lora --freeze_vision frozen \\
         --train_fraction 0.1 --output_dir outputs/vqa_lora_10pct
-    python -m run_scripts.finetune --task captioning --vision_model_name_or_path my_vit --fusion hybrid \\
-        --output_dir outputs/captioning
-    python -m run_scripts.finetune args.json   # every argument from a JSON file
+    mm finetune --task captioning --vision_model_name_or_path my_vit --fusion hybrid --output_dir outputs/captioning
+    mm finetune args.json                       # every argument from a JSON file
+    mm finetune ... --resume_from_checkpoint auto   # continue from the last complete checkpoint
 
-`remove_unused_columns` is always False: the collators read the raw dataset columns (images, texts, answers).
+`--remove_unused_columns true` is refused: the collators read the raw dataset columns (images, texts, answers).
 The run writes to `output_dir`: the model (or, with `--lora`, the adapter; with `--merge_lora` also the merged model
 under `merged/`) with its processor, `finetune_summary.json`, `trainer_state.json` and `training_curves.png`.
 """
@@ -34,28 +34,21 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import Any
 
-# `python run_scripts/finetune.py` puts run_scripts/ first on the path, where run_scripts/evaluate.py would shadow the
-# `evaluate` library that metrics/ imports; the repository root takes its place.
-_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
-sys.path.insert(0, os.path.dirname(_SCRIPTS_DIR))
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, TrainingArguments, set_seed
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import AutoConfig, BertTokenizerFast, EvalPrediction, TrainingArguments, set_seed  # noqa: E402
-
-from metrics.compute_metrics import (  # noqa: E402
-    captioning_compute_metrics,
+from evaluation.tasks import evaluate_captioning
+from metrics.compute_metrics import (
     classification_compute_metrics,
     retrieval_compute_metrics,
     vqa_compute_metrics,
 )
-from modeling_mm import (  # noqa: E402
+from modeling_mm import (
     MMForConditionalGeneration,
     MMForImageTextClassification,
     MMForImageTextRetrieval,
@@ -63,23 +56,24 @@ from modeling_mm import (  # noqa: E402
     MMPreTrainedModel,
     MMVisionConfig,
 )
-from processing import MMImageProcessor, MMProcessor  # noqa: E402
-from processing.collators import (  # noqa: E402
+from processing import MMProcessor
+from processing.collators import (
     DataCollatorForCaptioning,
     DataCollatorForImageTextClassification,
     DataCollatorForRetrieval,
     DataCollatorForVQA,
 )
-from processing.data import EASY_VQA_SHAPES, easy_vqa_answers, load_easy_vqa, load_image_folder  # noqa: E402
-from training.trainer import (  # noqa: E402
+from processing.data import EASY_VQA_SHAPES, easy_vqa_answers, load_easy_vqa, load_image_folder, processor_for_model
+from training import (
     MMTrainer,
+    check_trainer_flags,
     default_text_tower_path,
     parse_args,
     plot_training_curves,
     resolve_resume,
     setup_logging,
 )
-from training.lora import (  # noqa: E402
+from training.lora import (
     FREEZE_MODES,
     MODEL_PARTS,
     apply_lora,
@@ -89,6 +83,7 @@ from training.lora import (  # noqa: E402
     trainable_parameter_report,
     unused_parts,
 )
+from training.defaults import CAPTION_MAX_NEW_TOKENS, IMAGE_SIZE, MAX_TEXT_LENGTH, PATCH_EMBEDDING_TYPE, PATCH_SIZE
 
 
 __all__ = [
@@ -96,9 +91,7 @@ __all__ = [
     "FinetuneTrainingArguments",
     "ModelArguments",
     "TASK_HEADS",
-    "evaluate_captioning",
     "load_model",
-    "load_processor",
     "load_task_data",
     "main",
 ]
@@ -151,11 +144,14 @@ class ModelArguments:
     num_fusion_layers: int = field(default=2, metadata={"help": "Towers: cross-attention fusion layers (hybrid)."})
     num_decoder_layers: int = field(default=2, metadata={"help": "Towers: captioning decoder layers."})
     projection_dim: int = field(default=256, metadata={"help": "Towers: ITC embedding width."})
-    image_size: int = field(default=64, metadata={"help": "Towers without a vision checkpoint: image side."})
-    patch_size: int = field(default=8, metadata={"help": "Towers without a vision checkpoint: patch side."})
+    image_size: int = field(default=IMAGE_SIZE, metadata={"help": "Towers without a vision checkpoint: image side."})
+    patch_size: int = field(default=PATCH_SIZE, metadata={"help": "Towers without a vision checkpoint: patch side."})
     patch_embedding_type: str = field(
-        default="conv_stem",
-        metadata={"help": "Towers without a vision checkpoint: 'conv_stem' or 'patchify' (see MMVisionConfig)."},
+        default=PATCH_EMBEDDING_TYPE,
+        metadata={
+            "help": "Towers without a vision checkpoint: 'conv_stem' or 'patchify' (see MMVisionConfig).",
+            "choices": ["conv_stem", "patchify"],
+        },
     )
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full model."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -226,7 +222,8 @@ class DataArguments:
     subsample_seed: int = field(default=0, metadata={"help": "Seed of the training and evaluation subsets."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows (after the fraction)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation rows."})
-    max_length: int = field(default=32, metadata={"help": "Token budget of texts (and of generated captions)."})
+    max_length: int = field(default=MAX_TEXT_LENGTH, metadata={"help": "Token budget of texts."})
+    max_new_tokens: int = field(default=CAPTION_MAX_NEW_TOKENS, metadata={"help": "Captioning evaluation: tokens generated."})
     multi_label: bool = field(
         default=False, metadata={"help": "Classification: each row's `label` is a list (multi-hot, sigmoid/BCE)."}
     )
@@ -256,7 +253,18 @@ class FinetuneTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Collators decode images; 0 on a small CPU."})
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Always False: the collators need the raw dataset columns."}
+        default=False, metadata={"help": "Must stay false: the collators need the raw dataset columns."}
+    )
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: the final model is pushed once, as `mm publish` lays a repo out."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "'auto' continues from the last complete checkpoint in --output_dir (a fresh start if there is "
+            "none); or the path of a checkpoint folder."
+        },
     )
 
 
@@ -427,30 +435,6 @@ def load_model(model_args: ModelArguments, head_kwargs: dict[str, Any]) -> tuple
     return model, {part for part, roots in model_parts(model).items() if roots and part in new_parts}
 
 
-def load_processor(model_args: ModelArguments, model: MMPreTrainedModel, max_length: int) -> MMProcessor:
-    """The checkpoint's processor when it has one; otherwise the text tower's tokenizer (MiniLM's by default) and an
-    image processor at the vision config's resolution."""
-    folder = model_args.model_name_or_path
-    if folder and os.path.isfile(os.path.join(folder, "processor_config.json")):
-        processor = MMProcessor.from_pretrained(folder)
-        processor.max_length = max_length
-    else:
-        tokenizer_path = model_args.text_model_name_or_path or default_text_tower_path()
-        tokenizer = BertTokenizerFast.from_pretrained(tokenizer_path)
-        size = getattr(model.config.vision_config, "image_size", 224)
-        processor = MMProcessor(MMImageProcessor(size={"height": size, "width": size}), tokenizer, max_length=max_length)
-    vocab_size = model.config.text_config.vocab_size
-    if len(processor.tokenizer) > vocab_size:
-        raise ValueError(
-            f"The tokenizer has {len(processor.tokenizer)} tokens but the model's text vocabulary has {vocab_size}; "
-            "pass the matching --text_model_name_or_path."
-        )
-    max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
-    if max_positions is not None and max_length > max_positions:
-        raise ValueError(f"--max_length {max_length} exceeds the text tower's max_position_embeddings {max_positions}.")
-    return processor
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------------------------
@@ -479,49 +463,6 @@ def _retrieval_embeddings(outputs: Any, labels: Any) -> tuple[torch.Tensor, torc
     return outputs[-1], outputs[-2]
 
 
-@torch.no_grad()
-def evaluate_captioning(
-    model: torch.nn.Module,
-    processor: MMProcessor,
-    dataset: Dataset,
-    batch_size: int = 32,
-    max_new_tokens: int = 32,
-    num_beams: int = 1,
-) -> dict[str, float]:
-    """
-    Generates a caption per evaluation image and scores it against the `caption` column: `exact_match` (after
-    lower-casing and whitespace normalisation), BLEU-1..4, ROUGE-L, CIDEr and sacreBLEU (`captioning_compute_metrics`).
-
-    Args:
-        model: A captioning model (or its peft wrapper).
-        processor (`MMProcessor`): Images in, token ids out.
-        dataset (`Dataset`): Rows with `image` and `caption`.
-        batch_size (`int`): Images per `generate` call.
-        max_new_tokens (`int`): Caption length budget.
-        num_beams (`int`): Beam search width (1 = greedy).
-    """
-    model.eval()
-    collator = DataCollatorForCaptioning(processor)
-    pad_id = processor.tokenizer.pad_token_id
-    generated, references = [], []
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        pixel_values = collator(rows)["pixel_values"].to(model.device)
-        ids = model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
-        generated += ids.tolist()
-        references += [row["caption"] for row in rows]
-    width = max(len(ids) for ids in generated)
-    predictions = np.array([ids + [pad_id] * (width - len(ids)) for ids in generated])  # (N, L)
-    metrics = captioning_compute_metrics(processor.tokenizer, references=[[r] for r in references])(
-        EvalPrediction(predictions=predictions, label_ids=np.full((len(references), 1), -100))
-    )
-    texts = processor.post_process_image_text_to_text(generated)
-    normalise = lambda text: " ".join(text.lower().split())  # noqa: E731
-    metrics["exact_match"] = float(np.mean([normalise(p) == normalise(r) for p, r in zip(texts, references)]))
-    metrics["examples"] = [{"generated": p, "reference": r} for p, r in list(zip(texts, references))[:5]]
-    return metrics
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------------
@@ -537,12 +478,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     # 1. Arguments.
     model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, FinetuneTrainingArguments), args)
-    if training_args.remove_unused_columns:
-        logger.warning("remove_unused_columns=True is overridden to False: the collators read the raw columns.")
-        training_args.remove_unused_columns = False
     task = model_args.task
     # Which input is the "label" that Trainer gathers for compute_metrics: retrieval scores against image ids.
-    training_args.label_names = ["image_ids"] if task == "retrieval" else ["labels"]
+    check_trainer_flags(training_args, label_names=["image_ids"] if task == "retrieval" else ["labels"])
     os.makedirs(training_args.output_dir, exist_ok=True)
     set_seed(training_args.seed)  # the new head's random init too, not only what Trainer seeds
 
@@ -552,7 +490,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
     # 3. Model, processor, collator.
     model, new_parts = load_model(model_args, _head_kwargs(task, labels, data_args.multi_label))
-    processor = load_processor(model_args, model, data_args.max_length)
+    processor = processor_for_model(
+        model, model_args.model_name_or_path, model_args.text_model_name_or_path, data_args.max_length
+    )
     label2id = {label: i for i, label in enumerate(labels)} if labels is not None else None
     data_collator = _collator(task, processor, label2id, data_args)
     freeze = model_args.freeze(new_parts, unused_parts(model))
@@ -605,10 +545,12 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             processor,
             eval_dataset,
             batch_size=training_args.per_device_eval_batch_size,
-            max_new_tokens=data_args.max_length,
+            max_new_tokens=data_args.max_new_tokens,
             num_beams=data_args.num_beams,
         )
         eval_metrics.update({f"eval_{k}": v for k, v in generated.items()})
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
     merged_dir = None
     if model_args.merge_lora:
         # After evaluation and after the adapter is saved: merging folds the adapters into the base weights in place.
@@ -666,8 +608,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"[finetune] trainable {summary['trainable_parameters']:,} / {summary['total_parameters']:,} "
         f"({100 * summary['trainable_fraction']:.2f}%), wall time {summary['wall_time_seconds']:.1f}s\n"
         f"[finetune] final eval: {shown or 'n/a'}\n"
-        f"[finetune] written to {summary['output_dir']}",
-        file=sys.stdout,
+        f"[finetune] written to {summary['output_dir']}"
     )
 
 

@@ -1,11 +1,11 @@
 """Regenerates RESULTS.md: runs (or, with --collect, only reads) the experiments and writes each row with the exact
 command that produced it.
 
-    python run_scripts/make_results.py                 # run what is missing, then write RESULTS.md
-    python run_scripts/make_results.py --collect       # only rebuild RESULTS.md from outputs/results/*
+    mm make-results                 # run what is missing, then write RESULTS.md
+    mm make-results --collect       # only rebuild RESULTS.md from outputs/results/*
 
 Experiments (all on the easy-VQA test split, CPU, fp32):
-- pretraining: the default `run_scripts/pretrain.py` run: zero-shot accuracy (24 colour x shape prompts) and
+- pretraining: the default `mm pretrain` run: zero-shot accuracy (24 colour x shape prompts) and
   class-level image<->text recall@1/5 (outputs/pretrain);
 - data efficiency: VQA accuracy after fine-tuning on 1%, 10% and 100% of the training questions, starting from the
   default pretrained checkpoint or from the same architecture without multimodal pretraining (fresh vision tower and
@@ -20,11 +20,6 @@ import shlex
 import sys
 import time
 
-# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
-# replace it with the repository root.
-_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
-
 RESULTS_DIR = "outputs/results"
 PRETRAINED = "outputs/pretrain"
 SCRATCH = os.path.join(RESULTS_DIR, "scratch_init")
@@ -37,8 +32,8 @@ COMMON_VQA = [
 ]
 
 
-def _cmd(script: str, args: list[str]) -> str:
-    return f"python {script} " + " ".join(shlex.quote(a) for a in args)
+def _cmd(command: str, args: list[str]) -> str:
+    return f"mm {command} " + " ".join(shlex.quote(a) for a in args)
 
 
 def make_scratch_init(path: str = SCRATCH) -> str:
@@ -83,15 +78,16 @@ def vqa_runs() -> list[dict]:
 
 
 def run_vqa(run: dict) -> dict:
-    from run_scripts import evaluate, finetune
+    from run_scripts.cli import run_command
+    from run_scripts.finetune import SUMMARY_FILE
 
-    summary_file = os.path.join(run["out"], finetune.SUMMARY_FILE)
+    summary_file = os.path.join(run["out"], SUMMARY_FILE)
     if not os.path.isfile(summary_file):
-        finetune.main(run["args"])
+        run_command("finetune", run["args"])
     eval_file = os.path.join(run["out"], "eval_vqa.json")
     model_path = run["out"]
     if not os.path.isfile(eval_file):
-        evaluate.main(["--model_name_or_path", model_path, "--task", "vqa", "--output_file", eval_file])
+        run_command("evaluate", ["--model_name_or_path", model_path, "--task", "vqa", "--output_file", eval_file])
     summary = json.load(open(summary_file))
     result = json.load(open(eval_file))["results"]
     return {**run, "summary": summary, "eval": result}
@@ -121,7 +117,7 @@ def plot_learning_curve(rows: list[dict], path: str) -> None:
 
 def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
     lines = ["# Results", "", "Every number below was produced by this repository's code on a 2-core CPU (fp32); the "
-             "command under each table reproduces it. Regenerate this file with `python run_scripts/make_results.py` "
+             "command under each table reproduces it. Regenerate this file with `mm make-results` "
              "(or `--collect` to rebuild it from existing outputs).", ""]
     pre_file = os.path.join(PRETRAINED, "pretrain_summary.json")
     if os.path.isfile(pre_file):
@@ -135,9 +131,9 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
                   f"| wall time (training + evaluation) | {pre.get('wall_time_s', float('nan')) / 60:.1f} min |",
                   f"| parameters (trained) | {pre['parameters'] / 1e6:.1f}M ({pre.get('trainable_parameters', 0) / 1e6:.1f}M) |",
                   "", "Final per-objective losses: " + ", ".join(f"{k} {v:.3f}" for k, v in pre.get("final_losses", {}).items()),
-                  "", "Command: `python run_scripts/pretrain.py --output_dir outputs/pretrain`", "",
+                  "", "Command: `mm pretrain --output_dir outputs/pretrain`", "",
                   "Recall is class level: easy-VQA has 24 distinct captions for 1,000 test images, so a hit is a top-K "
-                  "item of the right colour and shape (see `run_scripts/evaluate.py:class_level_recall`).", ""]
+                  "item of the right colour and shape (see `evaluation/tasks.py:class_level_recall`).", ""]
     vqa = [r for r in rows if not r.get("lora")]
     if vqa:
         lines += ["## Data efficiency: VQA accuracy vs labelled data", "",
@@ -154,8 +150,8 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
             lines.append(f"| {100 * fraction:g}% ({p['summary']['train_samples']:,}) | {STEPS[fraction]} | "
                          f"{100 * pa:.1f}% | {100 * sa:.1f}% | {100 * (pa - sa):+.1f} |")
         lines += ["", "![learning curve](docs/images/learning_curve.png)", "", "Commands:", "", "```bash"]
-        lines += [_cmd("run_scripts/finetune.py", r["args"]) for r in vqa]
-        lines += ["python run_scripts/evaluate.py --model_name_or_path <output_dir> --task vqa", "```", ""]
+        lines += [_cmd("finetune", r["args"]) for r in vqa]
+        lines += ["mm evaluate --model_name_or_path <output_dir> --task vqa", "```", ""]
     full = next((r for r in rows if r["name"] == "vqa_pretrained_1"), None)
     lora = next((r for r in rows if r.get("lora")), None)
     if full or lora:
@@ -170,8 +166,8 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
             lines.append(f"| {label} | {s_['trainable_parameters']:,} ({100 * s_['trainable_fraction']:.2f}%) | "
                          f"{s_['wall_time_seconds'] / 60:.1f} min | {100 * r['eval']['vqa_accuracy']:.2f}% |")
         lines += ["", "Commands:", "", "```bash"]
-        lines += [_cmd("run_scripts/finetune.py", r["args"]) for r in (full, lora) if r is not None]
-        lines += ["python run_scripts/evaluate.py --model_name_or_path <output_dir> --task vqa", "```", ""]
+        lines += [_cmd("finetune", r["args"]) for r in (full, lora) if r is not None]
+        lines += ["mm evaluate --model_name_or_path <output_dir> --task vqa", "```", ""]
     demo_file = "outputs/demo/demo_summary.json"
     if os.path.isfile(demo_file):
         d = json.load(open(demo_file))
@@ -184,7 +180,7 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
                   f"| captioning exact match / BLEU-4 (greedy, 200 test images) | "
                   f"{100 * (d['captioning_exact_match'] or 0):.1f}% / {100 * (d['captioning_bleu_4'] or 0):.1f} |",
                   f"| wall time | {d['total_seconds'] / 60:.1f} min (stages, min: {stages}) |", "",
-                  "Command: `make demo` (`python run_scripts/demo.py`; outputs in `outputs/demo/`).", ""]
+                  "Command: `make demo` (`mm demo`; outputs in `outputs/demo/`).", ""]
     caption_file = "outputs/demo/eval_captioning.json"
     if os.path.isfile(caption_file):
         c = json.load(open(caption_file))["results"]
@@ -197,7 +193,7 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
                   "easy-VQA captions are three words long, so they have no 4-grams: BLEU-4 is near zero even for an "
                   "exact match (the scorer's smoothing is all that is left), and exact match / BLEU-3 are the telling "
                   "numbers here.", "",
-                  "Command: `python run_scripts/evaluate.py --model_name_or_path outputs/demo/captioning --task "
+                  "Command: `mm evaluate --model_name_or_path outputs/demo/captioning --task "
                   "captioning`", ""]
     grounding_file = os.path.join(PRETRAINED, "grounding_eval.json")
     if os.path.isfile(grounding_file):
@@ -211,7 +207,7 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
         for name, m in g["methods"].items():
             lines.append(f"| {name} | {100 * m['peak_hit_rate']:.1f}% | {100 * m['mass_hit_rate']:.1f}% |")
         lines += ["", f"Default method for this hybrid model: `{g['default_method']}`.", "",
-                  "Command: `python run_scripts/grounding_eval.py --model_name_or_path outputs/pretrain`", ""]
+                  "Command: `mm grounding-eval --model_name_or_path outputs/pretrain`", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path

@@ -3,36 +3,38 @@
 With no arguments it pretrains the default small hybrid model on the embedded easy-VQA images and captions, with the
 real pretrained MiniLM-L6 text tower:
 
-    python run_scripts/pretrain.py
-    python run_scripts/pretrain.py args.json                       # the same arguments from a JSON file
-    torchrun --nproc_per_node 2 run_scripts/pretrain.py --ddp_backend gloo   # two processes, features all-gathered
-    python run_scripts/pretrain.py --resume_from_checkpoint auto   # continue from the last complete checkpoint
+    mm pretrain
+    mm pretrain args.json                                # the same arguments from a JSON file
+    mm pretrain --objectives itc itm mlm lm --objective_weights 1 1 0.5 1
+    torchrun --nproc_per_node 2 -m run_scripts.pretrain --ddp_backend gloo   # two processes, features all-gathered
+    mm pretrain --resume_from_checkpoint auto            # continue from the last complete checkpoint
 """
 
 from dataclasses import dataclass, field
 import json
 import logging
 import os
-import sys
 import time
 
-# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
-# replace it with the repository root.
-_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
+import torch
+from transformers import TrainingArguments, set_seed
 
-import torch  # noqa: E402
-from transformers import TrainingArguments, set_seed  # noqa: E402
-
-from modeling_mm import MMConfig, MMForPreTraining, MMVisionConfig  # noqa: E402
-from training.trainer import (  # noqa: E402
+from modeling_mm import FUSION_OBJECTIVES, MMForPreTraining, MMVisionConfig
+from training import (
     MMTrainer,
+    check_trainer_flags,
     default_text_tower_path,
     parse_args,
     plot_training_curves,
     resolve_resume,
     setup_logging,
 )
+from training.defaults import IMAGE_SIZE, MAX_TEXT_LENGTH, PATCH_EMBEDDING_TYPE, PATCH_SIZE
+
+
+__all__ = ["DataArguments", "ModelArguments", "PretrainingArguments", "build_model", "main"]
+
+OBJECTIVES = ("itc", "itm", "mlm", "lm")
 
 
 logger = logging.getLogger("pretrain")
@@ -50,21 +52,26 @@ class ModelArguments:
     vision_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Vision tower checkpoint (ViT-like). Default: a new built-in ViT."}
     )
-    fusion: str = field(default="hybrid", metadata={"help": "early, late or hybrid."})
-    objectives: str = field(
-        default="itc,itm,mlm",
-        metadata={"help": "Comma-separated subset of itc,itm,mlm,lm (lm = captioning; adds ~45% to a CPU step)."},
+    fusion: str = field(default="hybrid", metadata={"help": "Fusion style.", "choices": sorted(FUSION_OBJECTIVES)})
+    objectives: list[str] = field(
+        default_factory=lambda: ["itc", "itm", "mlm"],
+        metadata={
+            "help": "Objectives, e.g. --objectives itc itm mlm (lm = captioning; it adds about half to a CPU step).",
+            "choices": list(OBJECTIVES),
+        },
     )
-    objective_weights: str | None = field(
-        default=None, metadata={"help": "Comma-separated name=weight, e.g. 'itc=1,itm=1,mlm=0.5,lm=1'."}
+    objective_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "One loss weight per objective, in the order of --objectives (default 1 each)."},
     )
-    image_size: int = field(default=64, metadata={"help": "Built-in ViT: input resolution."})
-    patch_size: int = field(default=16, metadata={"help": "Built-in ViT: patch side."})
+    image_size: int = field(default=IMAGE_SIZE, metadata={"help": "Built-in ViT: input resolution."})
+    patch_size: int = field(default=PATCH_SIZE, metadata={"help": "Built-in ViT: patch side."})
     patch_embedding_type: str = field(
-        default="conv_stem",
+        default=PATCH_EMBEDDING_TYPE,
         metadata={
             "help": "Built-in ViT: 'conv_stem' (3x3 convolutions before patchifying; learns shapes from little data) "
-            "or 'patchify' (the plain ViT patch projection)."
+            "or 'patchify' (the plain ViT patch projection).",
+            "choices": ["conv_stem", "patchify"],
         },
     )
     vision_hidden_size: int = field(default=256, metadata={"help": "Built-in ViT: width."})
@@ -81,7 +88,23 @@ class ModelArguments:
             "heads learn; the text side needs forward passes only, which is what fits pretraining in minutes on CPU."
         },
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2, flex_attention."})
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "Attention kernel.", "choices": ["eager", "sdpa", "flash_attention_2", "flex_attention"]},
+    )
+
+    def __post_init__(self):
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"--objectives lists an objective twice: {self.objectives}.")
+        if self.objective_weights is not None and len(self.objective_weights) != len(self.objectives):
+            raise ValueError(
+                f"--objective_weights has {len(self.objective_weights)} values for {len(self.objectives)} objectives "
+                f"{self.objectives}: give one weight per objective, in the same order."
+            )
+
+    def weights(self) -> dict[str, float]:
+        """`{objective: weight}` for the weights given on the command line (the config's defaults otherwise)."""
+        return dict(zip(self.objectives, self.objective_weights or []))
 
 
 @dataclass
@@ -97,7 +120,7 @@ class DataArguments:
             "'image_id' to group by image only)."
         },
     )
-    max_length: int = field(default=32, metadata={"help": "Maximum text length in tokens."})
+    max_length: int = field(default=MAX_TEXT_LENGTH, metadata={"help": "Maximum text length in tokens."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of text tokens masked for MLM."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
@@ -123,22 +146,34 @@ class PretrainingArguments(TrainingArguments):
     save_steps: float = field(default=200, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: the collator needs the raw image and text columns."}
+        default=False, metadata={"help": "Must stay false: the collator needs the raw image and text columns."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "'auto' continues from the last complete checkpoint in --output_dir (a fresh start if there is "
+            "none); or the path of a checkpoint folder."
+        },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: the final model is pushed once, as `mm publish` lays a repo out."},
+    )
 
 
-def build_model(model_args: ModelArguments, weights: dict[str, float]) -> MMForPreTraining:
-    objectives = [o.strip() for o in model_args.objectives.split(",") if o.strip()]
+def build_model(model_args: ModelArguments) -> MMForPreTraining:
+    """The pretraining model: continued from `--model_name_or_path`, or composed from the towers (the text tower
+    defaults to the shipped MiniLM-L6, the vision tower to a new built-in ViT)."""
     config_kwargs = dict(
         fusion=model_args.fusion,
-        objectives=objectives,
+        objectives=list(model_args.objectives),
         num_fusion_layers=model_args.num_fusion_layers,
         num_decoder_layers=model_args.num_decoder_layers,
         projection_dim=model_args.projection_dim,
         image_mask_ratio=model_args.image_mask_ratio,
-        **{f"{name}_weight": value for name, value in weights.items()},
+        **{f"{name}_weight": value for name, value in model_args.weights().items()},
     )
     if model_args.model_name_or_path:
         return MMForPreTraining.from_pretrained(
@@ -161,34 +196,6 @@ def build_model(model_args: ModelArguments, weights: dict[str, float]) -> MMForP
         vision_config=vision_config,
         attn_implementation=model_args.attn_implementation,
         **config_kwargs,
-    )
-
-
-def parse_weights(text: str | None) -> dict[str, float]:
-    if not text:
-        return {}
-    weights = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep or name.strip() not in ("itc", "itm", "mlm", "lm"):
-            raise SystemExit(f"--objective_weights: expected name=weight with name in itc,itm,mlm,lm; got {item!r}")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise SystemExit(f"--objective_weights: {value!r} is not a number") from None
-    return weights
-
-
-def build_processor(model: MMForPreTraining, model_args: ModelArguments, max_length: int):
-    from processing import MMProcessor, build_default_processor
-
-    if model_args.model_name_or_path and os.path.isfile(
-        os.path.join(model_args.model_name_or_path, "processor_config.json")
-    ):
-        return MMProcessor.from_pretrained(model_args.model_name_or_path)
-    image_size = getattr(model.config.vision_config, "image_size", model_args.image_size)
-    return build_default_processor(
-        image_size=image_size, max_length=max_length, tokenizer_path=model_args.text_model_name_or_path
     )
 
 
@@ -225,14 +232,12 @@ def add_group_ids(dataset, column: str | None):
 def main(args: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, PretrainingArguments), args)
     setup_logging()
-    if training_args.remove_unused_columns:
-        logger.warning("remove_unused_columns=True would drop the image column; forcing False.")
-        training_args.remove_unused_columns = False
+    check_trainer_flags(training_args, label_names=[])
     set_seed(training_args.seed)
     start = time.time()
 
     # 1. Model
-    model = build_model(model_args, parse_weights(model_args.objective_weights))
+    model = build_model(model_args)
     if model_args.freeze_text_tower:
         model.mm.text_model.requires_grad_(False)
         for module in model.mm.text_model.modules():
@@ -245,8 +250,11 @@ def main(args: list[str] | None = None) -> dict:
 
     # 2. Processor and data
     from processing.collators import DataCollatorForMMPretraining
+    from processing.data import processor_for_model
 
-    processor = build_processor(model, model_args, data_args.max_length)
+    processor = processor_for_model(
+        model, model_args.model_name_or_path, model_args.text_model_name_or_path, data_args.max_length
+    )
     train, test = load_pretraining_data(data_args)
     train = add_group_ids(train, data_args.group_column)
     collator = DataCollatorForMMPretraining(
@@ -264,6 +272,7 @@ def main(args: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train,
         data_collator=collator,
+        processing_class=processor,  # saved with every checkpoint and the final model
     )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -276,7 +285,6 @@ def main(args: list[str] | None = None) -> dict:
         "trainable_parameters": n_trainable,
     }
     if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
         try:
             summary["training_curves"] = plot_training_curves(
@@ -298,10 +306,13 @@ def main(args: list[str] | None = None) -> dict:
             if summary["skipped_bad_samples"]:
                 logger.warning("Skipped %s unreadable samples (see the log above).", summary["skipped_bad_samples"])
 
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+
     # 5. Zero-shot evaluation on the embedded test split
     if data_args.zero_shot_eval and data_args.dataset == "easy_vqa" and trainer.is_world_process_zero():
         if "itc" in model.config.objectives:
-            from run_scripts.evaluate import evaluate_zero_shot_easy_vqa
+            from evaluation.tasks import evaluate_zero_shot_easy_vqa
 
             summary["zero_shot"] = evaluate_zero_shot_easy_vqa(
                 model.mm, processor, test, batch_size=training_args.per_device_eval_batch_size,

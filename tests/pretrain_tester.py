@@ -1,4 +1,4 @@
-"""Tiny pretraining runs of `run_scripts/pretrain.py` for the reliability tests (resume, crash safety, security).
+"""Tiny pretraining runs of `mm pretrain` (`run_scripts/pretrain.py`) for the reliability tests (resume, crash safety, security).
 
 A run uses a 1-layer, 32-wide BERT text tower saved next to the real MiniLM WordPiece tokenizer files, a 1-layer
 32-wide built-in ViT on 32 px images (8 px patches), 64 easy-VQA images and batches of 8: one step takes a fraction
@@ -11,7 +11,6 @@ import shutil
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRETRAIN_SCRIPT = os.path.join(REPO, "run_scripts", "pretrain.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -39,7 +38,8 @@ def save_tiny_text_tower(folder: str) -> str:
 def tiny_pretrain_args(text_tower: str, output_dir: str, **overrides) -> list[str]:
     """Command-line arguments of a tiny, deterministic CPU run: seed 0, fp32, no workers, log every step.
 
-    `overrides` replace or add options (`max_steps=8` -> `--max_steps 8`); a value of `None` drops the option.
+    `overrides` replace or add options (`max_steps=8` -> `--max_steps 8`, a list gives several values); a value of
+    `None` drops the option.
     """
     options = {
         "text_model_name_or_path": text_tower,
@@ -52,7 +52,7 @@ def tiny_pretrain_args(text_tower: str, output_dir: str, **overrides) -> list[st
         "num_fusion_layers": 1,
         "num_decoder_layers": 1,
         "projection_dim": 16,
-        "objectives": "itc,itm,mlm",
+        "objectives": ["itc", "itm", "mlm"],
         "max_train_samples": 64,
         "per_device_train_batch_size": 8,
         "max_length": 16,
@@ -71,7 +71,9 @@ def tiny_pretrain_args(text_tower: str, output_dir: str, **overrides) -> list[st
     options.update(overrides)
     args = []
     for key, value in options.items():
-        if value is not None:
+        if isinstance(value, (list, tuple)):
+            args += [f"--{key}", *map(str, value)]
+        elif value is not None:
             args += [f"--{key}", str(value)]
     return args
 
@@ -94,4 +96,4 @@ def subprocess_env() -> dict[str, str]:
 
 
 def pretrain_command(args: list[str]) -> list[str]:
-    return [sys.executable, PRETRAIN_SCRIPT, *args]
+    return [sys.executable, "-m", "run_scripts.pretrain", *args]

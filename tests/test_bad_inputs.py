@@ -453,14 +453,20 @@ BAD_INPUTS = [
     Case("head", "retrieval image_ids for 5 rows", lambda e: _model(MMForImageTextRetrieval, "hybrid")(
         **_inputs(image_ids=torch.arange(5)), return_loss=True), VE, r"Batch sizes differ.*'image_ids': 5"),
     # ---- pretraining script arguments ---------------------------------------------------------------------------------
-    Case("pretrain.py", "--objectives itc,bogus", lambda e: e.pretrain("objectives", objectives="itc,bogus"), VE,
-         r"unknown objective 'bogus'"),
-    Case("pretrain.py", "--fusion sideways", lambda e: e.pretrain("fusion", fusion="sideways"), VE,
-         r"MMConfig\.fusion must be one of"),
-    Case("pretrain.py", "--objective_weights itc:1", lambda e: e.pretrain("weights1", objective_weights="itc:1"), SystemExit,
-         r"--objective_weights: expected name=weight.*'itc:1'"),
-    Case("pretrain.py", "--objective_weights itc=abc", lambda e: e.pretrain("weights2", objective_weights="itc=abc"),
-         SystemExit, r"--objective_weights: 'abc' is not a number"),
+    Case("pretrain.py", "--objectives itc bogus", lambda e: e.pretrain("objectives", objectives=["itc", "bogus"]),
+         SystemExit, r"argument --objectives: invalid choice: 'bogus'"),
+    Case("pretrain.py", "--objectives itc itc", lambda e: e.pretrain("objectives2", objectives=["itc", "itc"]), VE,
+         r"--objectives lists an objective twice"),
+    Case("pretrain.py", "--fusion sideways", lambda e: e.pretrain("fusion", fusion="sideways"), SystemExit,
+         r"argument --fusion: invalid choice: 'sideways'"),
+    Case("pretrain.py", "--objective_weights 1 x", lambda e: e.pretrain("weights1", objective_weights=["1", "x"]),
+         SystemExit, r"argument --objective_weights.*invalid float value: 'x'"),
+    Case("pretrain.py", "--objective_weights for 2 of 3 objectives", lambda e: e.pretrain(
+        "weights2", objective_weights=[1, 1]), VE, r"--objective_weights has 2 values for 3 objectives"),
+    Case("pretrain.py", "--remove_unused_columns true", lambda e: e.pretrain(
+        "columns", remove_unused_columns="true"), SystemExit, r"--remove_unused_columns true cannot work"),
+    Case("pretrain.py", "--label_names labels", lambda e: e.pretrain("labels", label_names="labels"), SystemExit,
+         r"--label_names \['labels'\] cannot work here"),
     Case("pretrain.py", "--text_column nope", lambda e: e.pretrain("text_column", text_column="nope"), SystemExit,
          r"--text_column 'nope' is not a column"),
     Case("pretrain.py", "--group_column nope", lambda e: e.pretrain("group_column", group_column="nope"), SystemExit,

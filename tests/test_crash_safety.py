@@ -3,7 +3,7 @@
 losses logged before that checkpoint are kept.
 
 Faults are injected two ways: deterministically, by turning a finished `checkpoint-8` into what a kill at various
-points of its write leaves behind; and for real, by `kill -9` of `run_scripts/pretrain.py` at a random moment after
+points of its write leaves behind; and for real, by `kill -9` of `mm pretrain` at a random moment after
 a checkpoint folder appears.
 """
 

@@ -14,9 +14,10 @@ from mm_tester import FUSIONS, MMModelTester
 from modeling_mm import MMForPreTraining, MMModel
 from processing import MMImageProcessor, MMProcessor
 from processing.data import default_tokenizer_path
-from run_scripts import explain, grounding_eval
-from training.trainer import plot_training_curves
-from run_scripts.explain import (
+from evaluation import grounding
+from run_scripts.cli import run_command
+from training import plot_training_curves
+from evaluation.explain import (
     METHOD_FUSIONS,
     attention_rollout,
     compute_relevance,
@@ -368,26 +369,26 @@ def test_explain_cli_heatmap_and_gallery(checkpoint, tmp_path, capsys):
     image_file = tmp_path / "shape.png"
     _image().save(image_file)
     heatmap = str(tmp_path / "heatmap.png")
-    explain.main(["--model_name_or_path", checkpoint, "--image", str(image_file), "--text", TEXT, "--output", heatmap])
+    run_command("explain", ["--model_name_or_path", checkpoint, "--image", str(image_file), "--text", TEXT, "--output", heatmap])
     assert Image.open(heatmap).format == "PNG"
     wide_file = tmp_path / "wide.png"
     _image(0, IMAGE_SIZE, 2 * IMAGE_SIZE + 3).save(wide_file)  # cropped to whole patches
-    explain.main(["--model_name_or_path", checkpoint, "--image", str(wide_file), "--text", TEXT, "--keep_size",
+    run_command("explain", ["--model_name_or_path", checkpoint, "--image", str(wide_file), "--text", TEXT, "--keep_size",
                   "--method", "itc_gradcam", "--output", heatmap])
     assert Image.open(heatmap).format == "PNG"
     gallery = str(tmp_path / "gallery.png")
-    explain.main(["--model_name_or_path", checkpoint, "--gallery", "--text", TEXT, "--max_candidates", "12",
+    run_command("explain", ["--model_name_or_path", checkpoint, "--gallery", "--text", TEXT, "--max_candidates", "12",
                   "--output", gallery])
     assert Image.open(gallery).format == "PNG"
     assert "#5: test image" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        explain.main(["--model_name_or_path", checkpoint, "--text", TEXT])  # a heatmap needs an image
+        run_command("explain", ["--model_name_or_path", checkpoint, "--text", TEXT])  # a heatmap needs an image
 
 
 def test_grounding_eval_runs_and_is_deterministic(checkpoint, tmp_path, capsys):
     out = str(tmp_path / "grounding.json")
     args = ["--model_name_or_path", checkpoint, "--num_composites", "3", "--batch_size", "4", "--output_file", out]
-    first = grounding_eval.main(args)
+    first = run_command("grounding-eval", args)
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("grounding (peak/mass hit rate, chance 50%) on 6 queries / 3 composites")
     assert "default gradcam_layer1: gradcam_layer0 " in summary
@@ -396,7 +397,7 @@ def test_grounding_eval_runs_and_is_deterministic(checkpoint, tmp_path, capsys):
     assert set(first["methods"]) == {
         "gradcam_layer0", "gradcam_layer1", "gradcam_mean_layers", "similarity", "itc_gradcam", "occlusion"
     }
-    second = grounding_eval.main(args)
+    second = run_command("grounding-eval", args)
     assert second["methods"] == first["methods"]
     with open(out) as f:
         assert json.load(f)["methods"] == first["methods"]
@@ -406,7 +407,7 @@ def test_composites_pair_different_colours_and_shapes():
     from processing.data import load_easy_vqa
 
     test = load_easy_vqa(split="test", view="images").select(range(60))
-    composites = grounding_eval.make_composites(test, 8, seed=0, size=IMAGE_SIZE)
+    composites = grounding.make_composites(test, 8, seed=0, size=IMAGE_SIZE)
     assert len(composites) == 8
     lefts = set()
     for item in composites:
@@ -415,13 +416,13 @@ def test_composites_pair_different_colours_and_shapes():
         assert c1 != c2 and s1 != s2
         lefts.add(item["ids"][0] < item["ids"][1])
     assert lefts == {True, False}  # placement is random, not ordered by index
-    assert [c["ids"] for c in grounding_eval.make_composites(test, 8, 0, IMAGE_SIZE)] == [c["ids"] for c in composites]
+    assert [c["ids"] for c in grounding.make_composites(test, 8, 0, IMAGE_SIZE)] == [c["ids"] for c in composites]
 
 
 def test_half_hits():
     maps = torch.zeros(3, 1, 2, 4)
     maps[0, 0, 1, 0] = 1.0  # peak on the left
     maps[1, 0, 0, 3] = 1.0  # peak on the right
-    hits = grounding_eval.half_hits(maps, torch.tensor([True, True, False]))
+    hits = grounding.half_hits(maps, torch.tensor([True, True, False]))
     assert hits["peak"].tolist() == [True, False, False]  # the all-zero map points nowhere: a miss
     assert hits["mass"].tolist() == [True, False, False]

@@ -1,4 +1,4 @@
-"""run_scripts/finetune.py end to end, in-process, on a tiny checkpoint and a few easy-VQA rows (a few seconds each)."""
+"""`mm finetune` (run_scripts/finetune.py) end to end, in-process, on a tiny checkpoint and a few easy-VQA rows (a few seconds each)."""
 
 import json
 import os
@@ -74,9 +74,14 @@ def _vqa_batch(processor: MMProcessor) -> dict[str, torch.Tensor]:
 
 
 def test_vqa_full_finetuning(checkpoint, tmp_path):
-    # remove_unused_columns=True would starve the collators: the script overrides it.
-    returned = main(["--task", "vqa", "--model_name_or_path", checkpoint, "--output_dir", str(tmp_path),
-                     "--remove_unused_columns", "true", *FAST])
+    # remove_unused_columns=True would starve the collators: refused with a message, never overridden silently.
+    with pytest.raises(SystemExit, match="--remove_unused_columns true cannot work here"):
+        main(["--task", "vqa", "--model_name_or_path", checkpoint, "--output_dir", str(tmp_path),
+              "--remove_unused_columns", "true", *FAST])
+    with pytest.raises(SystemExit, match=r"--label_names \['answer'\] cannot work here.*\['labels'\]"):
+        main(["--task", "vqa", "--model_name_or_path", checkpoint, "--output_dir", str(tmp_path),
+              "--label_names", "answer", *FAST])
+    returned = main(["--task", "vqa", "--model_name_or_path", checkpoint, "--output_dir", str(tmp_path), *FAST])
     saved = _summary(tmp_path)
     assert returned["trainable_parameters"] == saved["trainable_parameters"]
     assert saved["task"] == "vqa" and saved["global_step"] == 4 and saved["train_samples"] == 32
@@ -116,7 +121,7 @@ def test_vqa_lora_saves_adapter_and_merged_model(checkpoint, tmp_path):
     # The adapter folder alone (its base is the pretraining checkpoint, without an answer vocabulary) is enough for
     # evaluate.py: the head config saved next to the adapter rebuilds the 13-answer classifier.
     assert json.load(open(tmp_path / "config.json"))["architectures"] == ["MMForVisualQuestionAnswering"]
-    from run_scripts.evaluate import load_for_task
+    from evaluation.tasks import load_for_task
 
     reloaded, _ = load_for_task(str(tmp_path), "vqa")
     assert reloaded.config.num_labels == 13 and reloaded.config.id2label == merged.config.id2label

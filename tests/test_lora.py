@@ -1,4 +1,4 @@
-"""LoRA on the MM heads (run_scripts/lora.py): wrap, save, reload, merge, freeze modes, trainable fraction."""
+"""LoRA on the MM heads (training/lora.py): wrap, save, reload, merge, freeze modes, trainable fraction."""
 
 import pytest
 import torch

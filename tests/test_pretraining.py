@@ -431,3 +431,31 @@ def test_output_positions_under_flex_attention_match_the_full_computation():
         full, _ = mm.fuse(text.last_hidden_state, mask, image)
         part, _ = mm.fuse(text.last_hidden_state, mask, image, output_positions=positions)
     torch.testing.assert_close(part, full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1])))
+
+
+def test_report_to_tensorboard_receives_every_objective_loss(tmp_path, monkeypatch):
+    """Experiment tracking, offline: `--report_to tensorboard` gets the total loss and each objective's loss."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain_tester import save_tiny_text_tower, tiny_pretrain_args
+    from run_scripts.cli import run_command
+
+    tower = save_tiny_text_tower(str(tmp_path / "tower"))
+    logs = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))  # transformers 5's place for the event files
+    run_command("pretrain", tiny_pretrain_args(tower, str(tmp_path / "run"), max_steps=2, save_steps=2,
+                                               report_to="tensorboard"))
+    events = [os.path.join(root, name) for root, _, names in os.walk(logs) for name in names if "tfevents" in name]
+    assert events, f"no event file under {logs}"
+    tags = set()
+    for path in events:
+        accumulator = EventAccumulator(path)
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/itc_loss", "train/itm_loss", "train/mlm_loss"} <= tags, tags
+    for path in events:
+        accumulator = EventAccumulator(path)
+        accumulator.Reload()
+        if "train/itc_loss" in accumulator.Tags()["scalars"]:
+            assert [e.step for e in accumulator.Scalars("train/itc_loss")] == [1, 2]

@@ -1,4 +1,4 @@
-"""Hub publication (run_scripts/publish.py): the published folder loads with the Auto classes and runs every
+"""Hub publication (`mm publish`, run_scripts/publish.py): the published folder loads with the Auto classes and runs every
 `pipeline()` task with `trust_remote_code=True` in a process that cannot import this package, with outputs equal to
 the original model's; the card validates and carries the eval results; dry run, mocked push, LoRA both ways.
 
@@ -32,6 +32,7 @@ from modeling_mm import (
 )
 from processing import build_default_processor
 from publishing import check_model_card, eval_results_from_files, tower_base_models
+from publishing import hub
 from run_scripts import publish
 from training.lora import apply_lora
 
@@ -243,7 +244,7 @@ sys.path = [p for p in sys.path if p not in ("", REPO_ROOT)]
 # An editable install (`pip install -e .`) maps the package through a meta-path finder: drop it too.
 sys.meta_path = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
 report = {"importable": {}}
-for name in ("modeling_mm", "processing", "publishing", "run_scripts"):
+for name in ("modeling_mm", "processing", "publishing", "run_scripts", "training", "evaluation"):
     try:
         __import__(name)
         report["importable"][name] = True
@@ -384,7 +385,7 @@ def test_published_folder_layout(published, name):
         assert code in files, code
     for other in ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):
         assert other in files, other
-    assert not [f for f in files if f.endswith(publish.PICKLE_SUFFIXES)]
+    assert not [f for f in files if f.endswith(hub.PICKLE_SUFFIXES)]
     weights = [f for f in files if f.endswith(".safetensors")]
     if name == "hybrid":
         assert len(weights) > 1 and "model.safetensors.index.json" in files  # --max_shard_size 2MB
@@ -399,7 +400,7 @@ def test_published_folder_layout(published, name):
         generation = json.loads(open(os.path.join(folder, "generation_config.json")).read())
         assert (generation["bos_token_id"], generation["eos_token_id"], generation["max_new_tokens"]) == (
             101, 102, MAX_NEW_TOKENS)
-        assert config["custom_pipelines"] == {"image-text-retrieval": publish.CUSTOM_PIPELINES["image-text-retrieval"]}
+        assert config["custom_pipelines"] == {"image-text-retrieval": hub.CUSTOM_PIPELINES["image-text-retrieval"]}
         assert published["results"][name]["tasks"] == [
             "zero-shot-image-classification", "image-text-retrieval", "image-text-to-text",
             "image-feature-extraction", "feature-extraction",
@@ -483,7 +484,7 @@ def test_eval_results_skip_counts_and_reject_unknown_tasks(tmp_path):
 
 def test_remote_process_cannot_import_the_package(remote):
     assert remote["importable"] == {"modeling_mm": False, "processing": False, "publishing": False,
-                                    "run_scripts": False}
+                                    "run_scripts": False, "training": False, "evaluation": False}
 
 
 @pytest.mark.parametrize("name", ["hybrid", "late"])
@@ -618,7 +619,7 @@ def test_adapter_repo_names_its_base_and_reloads(published):
     files = dict(published["results"]["adapter"]["files"])
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "processor_config.json",
             "processing_mm.py", "image_processing_mm.py", "tokenizer.json"} <= set(files)
-    assert "config.json" not in files and not [f for f in files if f.endswith(publish.PICKLE_SUFFIXES)]
+    assert "config.json" not in files and not [f for f in files if f.endswith(hub.PICKLE_SUFFIXES)]
     adapter_config = json.loads(open(os.path.join(folder, "adapter_config.json")).read())
     assert adapter_config["base_model_name_or_path"] == "tiny-org/mm-vqa"
     data = check_model_card(ModelCard.load(os.path.join(folder, "README.md")))
@@ -650,7 +651,7 @@ class _FakeHfApi:
 def test_push_uploads_the_folder_with_a_mocked_hub(published, monkeypatch, tmp_path):
     _FakeHfApi.calls = []
     validated = []
-    monkeypatch.setattr(publish, "HfApi", _FakeHfApi)
+    monkeypatch.setattr(hub, "HfApi", _FakeHfApi)
     monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: validated.append(self.data.pipeline_tag))
     out = str(tmp_path / "push")
     result = _publish("--checkpoint", published["ckpt_late"], "--output_dir", out, "--push", "--repo_id",
@@ -676,3 +677,46 @@ def test_argument_errors(published, tmp_path):
         publish.main(["--checkpoint", published["ckpt_late"], "--output_dir", published["folders"]["late"]])
     with pytest.raises(SystemExit, match="publish that base first and pass its Hub id"):
         publish.main(["--adapter_path", published["adapter_dir"], "--output_dir", str(tmp_path / "b")])
+
+
+def test_trainer_push_to_hub_writes_the_published_layout(monkeypatch, tmp_path):
+    """`mm pretrain --push_to_hub` uploads the same repo `mm publish` writes (card, code, pipelines, processor), not
+    Trainer's raw output folder, once at the end; a hub strategy that would push checkpoints is refused."""
+    import types
+
+    import transformers.trainer
+
+    from pretrain_tester import save_tiny_text_tower, tiny_pretrain_args
+    from run_scripts.cli import run_command
+
+    uploaded = {}
+
+    class _RecordingHfApi(_FakeHfApi):
+        def upload_folder(self, **kwargs):
+            uploaded.setdefault("calls", []).append(kwargs)
+            uploaded["files"] = sorted(
+                os.path.relpath(os.path.join(root, name), kwargs["folder_path"])
+                for root, _, names in os.walk(kwargs["folder_path"]) for name in names
+            )
+            return "https://huggingface.co/tiny-org/mm-pretrained/commit/0"
+
+    created = []
+    fake_api = types.SimpleNamespace(
+        create_repo=lambda repo_id, **kwargs: created.append(repo_id) or types.SimpleNamespace(repo_id=repo_id)
+    )
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake_api)
+    monkeypatch.setattr(hub, "HfApi", _RecordingHfApi)
+    monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: None)
+    tower = save_tiny_text_tower(str(tmp_path / "tower"))
+    args = tiny_pretrain_args(tower, str(tmp_path / "run"), max_steps=2, save_steps=2, objectives=["itc"],
+                              fusion="late", push_to_hub="true", hub_model_id="tiny-org/mm-pretrained")
+    with pytest.raises(SystemExit, match="--hub_strategy every_save cannot work here"):
+        run_command("pretrain", args + ["--hub_strategy", "every_save"])
+    run_command("pretrain", args)
+    assert created == ["tiny-org/mm-pretrained"]
+    assert len(uploaded["calls"]) == 1 and uploaded["calls"][0]["repo_id"] == "tiny-org/mm-pretrained"
+    files = uploaded["files"]
+    for name in ("README.md", "config.json", "model.safetensors", "modeling_mm.py", "pipelines_mm.py",
+                 "processor_config.json", "tokenizer.json"):
+        assert name in files, (name, files)
+    assert not [f for f in files if f.startswith("checkpoint-") or f.endswith(hub.PICKLE_SUFFIXES)], files

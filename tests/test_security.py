@@ -35,7 +35,7 @@ tester = MMModelTester(num_layers=1)
 # (transformers 5.24: `Trainer._load_optimizer_and_scheduler`, `Trainer._load_rng_state`).
 TRAINER_STATE_PICKLES = {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
 # Our source trees that `test_no_unsafe_deserialisation_in_our_code` scans (those present in the checkout).
-OUR_CODE = ("modeling_mm", "processing", "run_scripts", "metrics", "benchmarks", "publishing", "training")
+OUR_CODE = ("modeling_mm", "processing", "run_scripts", "metrics", "benchmarks", "publishing", "training", "evaluation")
 
 
 def _is_pickle(path: pathlib.Path) -> bool:

@@ -16,6 +16,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "CompleteCheckpointCallback",
     "MMTrainer",
+    "check_trainer_flags",
     "default_text_tower_path",
     "latest_complete_checkpoint",
     "parse_args",
@@ -61,6 +62,33 @@ def parse_args(dataclass_types: tuple, args: list[str] | None = None) -> tuple:
     return parser.parse_args_into_dataclasses(args=args)
 
 
+def check_trainer_flags(training_args, label_names: list[str]) -> None:
+    """Refuses Trainer flags our tools cannot honour, instead of overriding them behind the user's back.
+
+    Args:
+        training_args (`TrainingArguments`): The parsed arguments; `label_names` is filled in when it was not given.
+        label_names (`list[str]`): The inputs that carry the labels for this tool's collator (`[]`: none).
+    """
+    if training_args.remove_unused_columns:
+        raise SystemExit(
+            "--remove_unused_columns true cannot work here: Trainer would drop the raw image and text columns that "
+            "the collator reads. Leave it at its default (false)."
+        )
+    if training_args.push_to_hub and getattr(training_args.hub_strategy, "value", training_args.hub_strategy) != "end":
+        raise SystemExit(
+            f"--push_to_hub with --hub_strategy {getattr(training_args.hub_strategy, 'value', training_args.hub_strategy)}"
+            " cannot work here: the final model is pushed once, in the layout `mm publish` writes (card, code, "
+            "pipelines); checkpoints are not pushed. Pass --hub_strategy end (the default of our tools)."
+        )
+    if training_args.label_names is None:
+        training_args.label_names = list(label_names)
+    elif list(training_args.label_names) != list(label_names):
+        raise SystemExit(
+            f"--label_names {training_args.label_names} cannot work here: this task's collator puts its labels in "
+            f"{list(label_names) or 'no input (pretraining computes its own targets)'}. Leave --label_names unset."
+        )
+
+
 class MMTrainer(Trainer):
     """A Trainer that also logs each objective's loss (`itc_loss`, `itm_loss`, ... from the model output), averaged
     over the steps since the last log, next to the total `loss`."""
@@ -93,6 +121,60 @@ class MMTrainer(Trainer):
                 os.remove(pickled)
             with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
                 f.write(self.args.to_json_string())
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Trainer pushes from inside save_model; ours pushes once, from `push_to_hub`, after the run has written
+        # everything the repo needs (e.g. a LoRA head's config): call `trainer.push_to_hub()` at the end, as the
+        # transformers example scripts do.
+        super().save_model(output_dir, _internal_call=True)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """Uploads the trained model to `args.hub_model_id` as `mm publish` lays a repo out (model card, model and
+        pipeline code, safetensors, processor, generation config), instead of Trainer's raw output folder. A LoRA
+        model is published merged with its adapter. Returns the commit info (None on other ranks).
+
+        Args:
+            commit_message (`str`): The commit message.
+            blocking (`bool`): Ignored; the upload always finishes before this returns.
+            token (`str`, *optional*): Hub token (default: `args.hub_token`, then `HF_TOKEN` / `hf auth login`).
+            revision (`str`, *optional*): Branch to upload to (default: `args.hub_revision`).
+            private (`bool`, *optional*): Create the repo private (default: `args.hub_private_repo`).
+            kwargs: `eval_results` (a list of `mm evaluate` JSON files for the card's model-index).
+        """
+        import tempfile
+
+        from publishing.hub import PublishArguments, publish
+
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        super().save_model(self.args.output_dir, _internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        folder = self.args.output_dir
+        adapter = os.path.isfile(os.path.join(folder, "adapter_config.json"))
+        with tempfile.TemporaryDirectory() as staging:
+            options = PublishArguments(
+                output_dir=staging,
+                checkpoint=None if adapter else folder,
+                adapter_path=folder if adapter else None,
+                merge_adapter=adapter,
+                eval_results=list(kwargs.get("eval_results", [])),
+                push=True,
+                repo_id=self.hub_model_id,
+                private=bool(private if private is not None else self.args.hub_private_repo),
+                revision=revision if revision is not None else self.args.hub_revision,
+                commit_message=commit_message or "End of training",
+            )
+            return publish(options, token=token)["commit"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -180,8 +262,10 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str) -> str |
 def plot_training_curves(trainer_state: str | dict, output_png: str) -> str:
     """Plots each logged loss (total and per objective) and the learning rate against the step from a
     `trainer_state.json` (path or dict) to a PNG; returns the PNG path."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("matplotlib is not installed: pip install 'mm-pretrain[plots]' for the curves.") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

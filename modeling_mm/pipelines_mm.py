@@ -13,10 +13,12 @@
 # limitations under the License.
 """Custom `pipeline()` tasks of a published MM repo: `visual-question-answering` and `image-text-retrieval`.
 
-`run_scripts/publish.py` copies this file into the repo and lists both classes under `custom_pipelines` in
-`config.json`, so `pipeline(task, model=<repo>, trust_remote_code=True)` loads them with
-`get_class_from_dynamic_module`. Self-contained like the model code: imports only transformers.
-transformers 5 removed its built-in `visual-question-answering` task and never had a retrieval one.
+`mm publish` copies this file into the repo and lists both classes under `custom_pipelines` in `config.json`, so
+`pipeline(task, model=<repo>, trust_remote_code=True)` loads them with `get_class_from_dynamic_module`. Self-contained
+like the model code: imports only transformers. transformers 5 removed its built-in `visual-question-answering` task
+(and refuses that name for a locally registered pipeline) and never had a retrieval one, so `import modeling_mm`
+registers both locally as `mm-visual-question-answering` and `image-text-retrieval`: `pipeline(task,
+model=<local folder>)` then works on any checkpoint folder, published or not.
 """
 
 import functools

@@ -1,49 +1,35 @@
-"""Evaluate an MM checkpoint (folder, LoRA adapter folder, or Hub id) on a task; writes JSON and a Markdown table.
+"""Evaluation of MM checkpoints over whole splits: loading a checkpoint (or LoRA adapter) for a task, zero-shot
+classification and class-level retrieval recall on easy-VQA, VQA accuracy, captioning (generated captions scored
+with BLEU / ROUGE-L / CIDEr-D and exact match) and image-text classification. `mm evaluate` is the command line."""
 
-    python run_scripts/evaluate.py --model_name_or_path outputs/pretrain --task zero_shot
-    python run_scripts/evaluate.py --model_name_or_path outputs/vqa --task vqa --output_file outputs/vqa/eval.json
-    python run_scripts/evaluate.py --model_name_or_path outputs/vqa-lora --task vqa     # adapter folder: merged on load
-
-Tasks: `zero_shot` (easy-VQA colour x shape classes by ITC) and `retrieval` (recall@K both ways), `vqa`,
-`captioning` (generate + BLEU/ROUGE-L/CIDEr-D), `classification`.
-"""
-
-from dataclasses import dataclass, field
 import json
 import logging
 import os
-import sys
-import time
 
-# Run as a script, Python puts run_scripts/ first on sys.path, where evaluate.py would shadow the `evaluate` library:
-# replace it with the repository root.
-_SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_SCRIPTS_DIR)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS_DIR]
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-import modeling_mm  # noqa: E402,F401  (registers the Auto classes)
-from modeling_mm import (  # noqa: E402
+import modeling_mm  # noqa: F401  (registers the Auto classes)
+from modeling_mm import (
     MMForConditionalGeneration,
     MMForImageTextClassification,
     MMForVisualQuestionAnswering,
     MMModel,
 )
+from training.defaults import CAPTION_MAX_NEW_TOKENS
 
 
-logger = logging.getLogger("evaluate")
+logger = logging.getLogger(__name__)
 
 __all__ = [
-    "EvalArguments",
     "class_level_recall",
     "evaluate_captioning",
     "evaluate_classification",
     "evaluate_vqa",
     "evaluate_zero_shot_easy_vqa",
+    "TASK_MODELS",
     "load_for_task",
-    "main",
     "results_markdown",
 ]
 
@@ -54,20 +40,6 @@ TASK_MODELS = {
     "captioning": MMForConditionalGeneration,
     "classification": MMForImageTextClassification,
 }
-
-
-@dataclass
-class EvalArguments:
-    model_name_or_path: str = field(metadata={"help": "Checkpoint folder, LoRA adapter folder, or Hub id."})
-    task: str = field(default="zero_shot", metadata={"help": "zero_shot, retrieval, vqa, captioning, classification."})
-    dataset: str = field(default="easy_vqa", metadata={"help": "'easy_vqa' or an image folder with metadata."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate."})
-    batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
-    max_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples only."})
-    max_new_tokens: int = field(default=12, metadata={"help": "Captioning: tokens to generate."})
-    num_beams: int = field(default=1, metadata={"help": "Captioning: beam width."})
-    output_file: str | None = field(default=None, metadata={"help": "JSON results (default: <model>/eval_<task>.json)."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (pin it for remote code)."})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -205,28 +177,46 @@ def evaluate_vqa(model: MMForVisualQuestionAnswering, processor, questions, batc
 
 @torch.no_grad()
 def evaluate_captioning(
-    model: MMForConditionalGeneration,
+    model: torch.nn.Module,
     processor,
     images,
     batch_size: int = 64,
-    max_new_tokens: int = 12,
+    max_new_tokens: int = CAPTION_MAX_NEW_TOKENS,
     num_beams: int = 1,
     text_column: str = "caption",
-) -> dict[str, float]:
-    """Generates a caption per image and scores it (BLEU-1..4, ROUGE-L, CIDEr-D, exact match)."""
+) -> dict:
+    """
+    Generates a caption per image and scores it against `text_column`: BLEU-1..4, ROUGE-L, CIDEr-D and sacreBLEU
+    (the local `captioning` metric), and `exact_match` after lower-casing and whitespace normalisation.
+
+    Args:
+        model: A captioning model (`MMForConditionalGeneration`, or its peft wrapper).
+        processor (`MMProcessor`): Images in, token ids out.
+        images: Rows (a `Dataset` or anything sliceable into column dicts) with `image` and `text_column`.
+        batch_size (`int`): Images per `generate` call.
+        max_new_tokens (`int`): Caption length budget.
+        num_beams (`int`): Beam search width (1 = greedy).
+        text_column (`str`): The reference caption column.
+    """
     from metrics import load_metric
 
+    was_training = model.training
+    model.eval()
     device = next(model.parameters()).device
     predictions, references = [], []
     for batch in _batches(images, batch_size, "captioning"):
         pixel_values = processor(images=batch["image"], return_tensors="pt")["pixel_values"].to(device)
-        generated = model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=num_beams)
-        predictions += [t.strip() for t in processor.batch_decode(generated, skip_special_tokens=True)]
+        generated = model.generate(
+            pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+        )
+        predictions += processor.post_process_image_text_to_text(generated)
         references += list(batch[text_column])
     results = load_metric("captioning").compute(predictions=predictions, references=references)
-    results["exact_match"] = float(np.mean([p == r.strip().lower() for p, r in zip(predictions, references)]))
+    normalise = lambda text: " ".join(text.lower().split())  # noqa: E731
+    results["exact_match"] = float(np.mean([normalise(p) == normalise(r) for p, r in zip(predictions, references)]))
     results["num_images"] = len(predictions)
-    results["examples"] = [{"prediction": p, "reference": r} for p, r in list(zip(predictions, references))[:5]]
+    results["examples"] = [{"generated": p, "reference": r} for p, r in list(zip(predictions, references))[:5]]
+    model.train(was_training)
     return results
 
 
@@ -256,56 +246,3 @@ def results_markdown(task: str, model_name: str, results: dict) -> str:
     lines = [f"| {task} on {model_name} | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
-
-
-def main(args: list[str] | None = None) -> dict:
-    from training.trainer import parse_args, setup_logging
-
-    (eval_args,) = parse_args((EvalArguments,), args)
-    setup_logging()
-    start = time.time()
-    model, processor = load_for_task(eval_args.model_name_or_path, eval_args.task, eval_args.revision)
-    task = eval_args.task
-    if task in ("zero_shot", "retrieval"):
-        if eval_args.dataset != "easy_vqa":
-            raise SystemExit("zero_shot/retrieval evaluation is implemented for --dataset easy_vqa.")
-        images = _load_split(eval_args.dataset, eval_args.split, "images")
-        results = evaluate_zero_shot_easy_vqa(model, processor, images, eval_args.batch_size, eval_args.max_samples)
-    else:
-        view = "questions" if task == "vqa" else "images"
-        rows = _load_split(eval_args.dataset, eval_args.split, view)
-        if eval_args.max_samples is not None:
-            rows = rows.select(range(min(eval_args.max_samples, len(rows))))
-        if task == "vqa":
-            results = evaluate_vqa(model, processor, rows, eval_args.batch_size)
-        elif task == "captioning":
-            results = evaluate_captioning(
-                model, processor, rows, eval_args.batch_size, eval_args.max_new_tokens, eval_args.num_beams
-            )
-        else:
-            results = evaluate_classification(model, processor, rows, eval_args.batch_size)
-    results["eval_seconds"] = round(time.time() - start, 1)
-    payload = {
-        "model": eval_args.model_name_or_path,
-        "task": task,
-        "dataset": eval_args.dataset,
-        "split": eval_args.split,
-        "results": results,
-    }
-    output_file = eval_args.output_file
-    if output_file is None:
-        folder = eval_args.model_name_or_path if os.path.isdir(eval_args.model_name_or_path) else "."
-        output_file = os.path.join(folder, f"eval_{task}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-    with open(output_file, "w") as f:
-        json.dump(payload, f, indent=2)
-    table = results_markdown(task, eval_args.model_name_or_path, results)
-    with open(os.path.splitext(output_file)[0] + ".md", "w") as f:
-        f.write(table + "\n")
-    print(table)
-    print(f"Results: {os.path.abspath(output_file)}")
-    return payload
-
-
-if __name__ == "__main__":
-    main()
