@@ -4,7 +4,14 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig
 
 
-__all__ = ["MMConfig", "MMTextConfig", "MMVisionConfig", "FUSION_OBJECTIVES", "DEFAULT_OBJECTIVES"]
+__all__ = [
+    "MMConfig",
+    "MMEfficientNetLiteConfig",
+    "MMTextConfig",
+    "MMVisionConfig",
+    "FUSION_OBJECTIVES",
+    "DEFAULT_OBJECTIVES",
+]
 
 
 def _check_positive(config: PreTrainedConfig, names: tuple[str, ...]) -> None:
@@ -169,6 +176,80 @@ class MMTextConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
 
+class MMEfficientNetLiteConfig(PreTrainedConfig):
+    r"""
+    Configuration of the EfficientNet-Lite convolutional vision tower (Tan & Le 2019, "EfficientNet: Rethinking Model
+    Scaling for Convolutional Neural Networks"; the Lite variants drop squeeze-excitation, use ReLU6 and keep the stem
+    and head widths fixed across sizes, so that they quantise well). Defaults are EfficientNet-Lite0 (4.7M parameters
+    with its ImageNet classifier, 224 px). Convolutions pad TensorFlow-"SAME", computed per input size.
+
+    As a tower it gives one token per position of its last feature map, `(H / 32) * (W / 32)` of them, `hidden_size`
+    wide, and their mean as the pooled output. Early fusion cannot use it: its joint Transformer embeds patches itself.
+
+    Args:
+        image_size (`int`): Training resolution (square); other sizes run too, with more or fewer tokens.
+        num_channels (`int`): Input channels.
+        stem_channels (`int`): Width of the 3x3 stride-2 stem convolution.
+        stage_channels (`list[int]`): Output width of each stage of inverted-residual (MBConv) blocks.
+        stage_depths (`list[int]`): Blocks in each stage.
+        stage_strides (`list[int]`): Stride (1 or 2) of the first block of each stage; the others have stride 1.
+        stage_kernel_sizes (`list[int]`): Odd depthwise kernel size of each stage.
+        stage_expand_ratios (`list[int]`): Width multiplier of the 1x1 expansion before the depthwise convolution
+            (1: no expansion convolution).
+        hidden_size (`int`): Width of the 1x1 head convolution, i.e. of every token and of the pooled output.
+        hidden_act (`str`): Activation after the stem, expansion, depthwise and head convolutions.
+        batch_norm_eps (`float`): BatchNorm epsilon; 1e-3 as in the TensorFlow original.
+        batch_norm_momentum (`float`): BatchNorm running-statistics momentum in PyTorch's convention (1 - TF's 0.99).
+        classifier_dropout (`float`): Dropout before the classifier of [`MMEfficientNetLiteForImageClassification`].
+        initializer_range (`float`): Std of the classifier's weight init.
+    """
+
+    model_type = "mm_efficientnet_lite"
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    num_channels: int = 3
+    stem_channels: int = 32
+    stage_channels: list[int] | tuple[int, ...] = (16, 24, 40, 80, 112, 192, 320)
+    stage_depths: list[int] | tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
+    stage_strides: list[int] | tuple[int, ...] = (1, 2, 2, 2, 1, 2, 1)
+    stage_kernel_sizes: list[int] | tuple[int, ...] = (3, 3, 5, 3, 5, 5, 3)
+    stage_expand_ratios: list[int] | tuple[int, ...] = (1, 6, 6, 6, 6, 6, 6)
+    hidden_size: int = 1280
+    hidden_act: str = "relu6"
+    batch_norm_eps: float = 1e-3
+    batch_norm_momentum: float = 0.01
+    classifier_dropout: float = 0.2
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        _check_positive(self, ("image_size", "num_channels", "stem_channels", "hidden_size"))
+        stages = ("stage_channels", "stage_depths", "stage_strides", "stage_kernel_sizes", "stage_expand_ratios")
+        for name in stages:
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"MMEfficientNetLiteConfig.{name} must be a non-empty list, got {value!r}.")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise ValueError(f"MMEfficientNetLiteConfig.{name} must hold positive integers, got {value!r}.")
+            setattr(self, name, list(value))
+        lengths = {name: len(getattr(self, name)) for name in stages}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"MMEfficientNetLiteConfig: the stage_* lists must have one entry per stage, got {lengths}.")
+        if any(s not in (1, 2) for s in self.stage_strides):
+            raise ValueError(f"MMEfficientNetLiteConfig.stage_strides must be 1 or 2, got {self.stage_strides}.")
+        if any(k % 2 == 0 for k in self.stage_kernel_sizes):
+            raise ValueError(f"MMEfficientNetLiteConfig.stage_kernel_sizes must be odd, got {self.stage_kernel_sizes}.")
+        if not self.batch_norm_eps > 0:
+            raise ValueError(f"MMEfficientNetLiteConfig.batch_norm_eps must be > 0, got {self.batch_norm_eps!r}.")
+        _check_probability(self, ("batch_norm_momentum",))
+        _check_probability(self, ("classifier_dropout",), upper_inclusive=False)
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_channels)
+
+
 # Which pretraining objectives each fusion style can serve. ITM and MLM need a fused representation (early, hybrid);
 # ITC needs separate unimodal embeddings (late, hybrid); captioning LM needs a vision tower to cross-attend to.
 FUSION_OBJECTIVES: dict[str, tuple[str, ...]] = {
@@ -195,6 +276,9 @@ def _build_sub_config(value, default_cls: type[PreTrainedConfig], key: str) -> P
     model_type = value.pop("model_type", default_cls.model_type)
     if model_type == default_cls.model_type:
         return default_cls(**value)
+    if model_type == MMEfficientNetLiteConfig.model_type:
+        # Built here, not through AutoConfig: a `trust_remote_code` process has not registered it.
+        return MMEfficientNetLiteConfig(**value)
     try:
         return AutoConfig.for_model(model_type, **value)
     except ValueError as err:
@@ -206,9 +290,10 @@ class MMConfig(PreTrainedConfig):
     Composite configuration of an MM model: a vision tower, a text tower and how they are fused.
 
     Args:
-        vision_config (`dict` or `PreTrainedConfig`): The vision tower: an [`MMVisionConfig`] or any transformers
-            vision config (ViT, DeiT, CLIPVision, SiglipVision...), kept with its `model_type` and rebuilt through
-            `AutoConfig` when loaded.
+        vision_config (`dict` or `PreTrainedConfig`): The vision tower: an [`MMVisionConfig`], an
+            [`MMEfficientNetLiteConfig`] (convolutional; late and hybrid fusion) or any transformers vision config
+            (ViT, DeiT, CLIPVision, SiglipVision...), kept with its `model_type` and rebuilt through `AutoConfig` when
+            loaded.
         text_config (`dict` or `PreTrainedConfig`): The text tower: an [`MMTextConfig`] or any transformers BERT-like
             encoder config (Bert, Roberta...).
         fusion (`str`): `"early"` (one joint Transformer over text tokens and image patches, ViLT-style; uses the text
@@ -219,6 +304,9 @@ class MMConfig(PreTrainedConfig):
         projection_dim (`int`): Width of the shared ITC embedding space (late and hybrid).
         logit_scale_init_value (`float`): Initial log temperature of ITC; ln(1/0.07) as in CLIP.
         logit_scale_max (`float`): Clamp for the log temperature; ln(100) as in CLIP, keeps the loss stable.
+        logit_bias_init_value (`float`, *optional*): The logit bias `b` of a sigmoid-loss model (SigLIP:
+            `logits = exp(logit_scale) * cos + b`). A checkpoint converted from SigLIP keeps its trained bias here so
+            that converting back restores it; the model itself adds no bias (its softmax ITC is invariant to one).
         image_mask_ratio (`float`): FLIP: fraction of image patches dropped per sample during pretraining (0 = off).
         objectives (`list[str]`): Pretraining objectives among `itc`, `itm`, `mlm`, `lm`; default per fusion.
         itc_weight, itm_weight, mlm_weight, lm_weight (`float`): Weights of each objective in the total loss.
@@ -237,6 +325,7 @@ class MMConfig(PreTrainedConfig):
     projection_dim: int = 256
     logit_scale_init_value: float = 2.6592
     logit_scale_max: float = 4.6052
+    logit_bias_init_value: float | None = None
     image_mask_ratio: float = 0.0
     objectives: list[str] | None = None
     itc_weight: float = 1.0
@@ -263,6 +352,9 @@ class MMConfig(PreTrainedConfig):
         if self.fusion == "hybrid" and self.num_fusion_layers < 1:
             raise ValueError("MMConfig.num_fusion_layers must be >= 1 with fusion='hybrid'.")
         _check_probability(self, ("image_mask_ratio",), upper_inclusive=False)
+        bias = self.logit_bias_init_value
+        if bias is not None and (not isinstance(bias, (int, float)) or isinstance(bias, bool) or bias != bias):
+            raise ValueError(f"MMConfig.logit_bias_init_value must be a number or None, got {bias!r}.")
         for tower, cfg in (("vision_config", self.vision_config), ("text_config", self.text_config)):
             if getattr(cfg, "hidden_size", None) is None:
                 raise ValueError(f"MMConfig.{tower} ({type(cfg).__name__}) has no hidden_size; it cannot serve as a tower.")
@@ -270,6 +362,13 @@ class MMConfig(PreTrainedConfig):
             raise ValueError(f"MMConfig.text_config ({type(self.text_config).__name__}) has no vocab_size.")
         builtin_vision = isinstance(self.vision_config, MMVisionConfig)
         if self.fusion == "early":
+            if getattr(self.vision_config, "model_type", None) == MMEfficientNetLiteConfig.model_type:
+                raise ValueError(
+                    "MMConfig.fusion='early' cannot use an MMEfficientNetLiteConfig tower: the joint Transformer embeds "
+                    "pixel patches itself, and a CNN's stride-32 feature map is a whole tower, not a patch embedding. "
+                    "Use fusion='late' or 'hybrid' with it, or MMVisionConfig(patch_embedding_type='conv_stem') for a "
+                    "convolutional stem in early fusion."
+                )
             if not (builtin_vision and isinstance(self.text_config, MMTextConfig)):
                 raise ValueError(
                     "MMConfig.fusion='early' needs the built-in towers (MMVisionConfig and MMTextConfig): the joint "

@@ -13,7 +13,7 @@ import shutil
 import torch
 from torch import nn
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, SiglipTextConfig, SiglipTextModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
@@ -24,7 +24,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .configuration_mm import MMConfig, MMTextConfig, MMVisionConfig
+from .configuration_mm import MMConfig, MMEfficientNetLiteConfig, MMTextConfig, MMVisionConfig
+from .modeling_efficientnet_lite import MMEfficientNetLiteModel
 
 
 logger = logging.get_logger(__name__)
@@ -499,7 +500,13 @@ REMOTE_CODE_AUTO_MAP: dict[str, str] = {
     "AutoModelForZeroShotImageClassification": "modeling_mm.MMModel",
     "AutoModelForSequenceClassification": "modeling_mm_heads.MMForImageTextClassification",
 }
-REMOTE_CODE_FILES = ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "losses.py")
+REMOTE_CODE_FILES = (
+    "configuration_mm.py",
+    "modeling_mm.py",
+    "modeling_mm_heads.py",
+    "losses.py",
+    "modeling_efficientnet_lite.py",
+)
 
 
 def write_remote_code(save_directory: str | os.PathLike) -> None:
@@ -549,7 +556,9 @@ class MMPreTrainedModel(PreTrainedModel):
 
         Args:
             vision_model_name_or_path (`str`): Folder or Hub id of a vision model (ViT, DeiT, CLIPVision...,
-                or an `MMVisionModel`). If `None`, a fresh tower from `vision_config`.
+                an `MMVisionModel`, or an EfficientNet-Lite folder from `run_scripts/convert_efficientnet_lite.py`,
+                whose last feature map gives the patch tokens and its average the pooled state). If `None`, a fresh
+                tower from `vision_config`.
             text_model_name_or_path (`str`): Folder or Hub id of a text encoder (BERT, RoBERTa..., or `MMTextModel`).
             vision_config / text_config: Configs for towers that are not loaded.
             kwargs: `MMConfig` fields (`fusion`, `num_fusion_layers`, ...) and `from_pretrained` options
@@ -572,6 +581,9 @@ class MMPreTrainedModel(PreTrainedModel):
                 towers[key] = MMVisionModel.from_pretrained(path, **load_kwargs)
             elif _is(sub_config, MMTextConfig):
                 towers[key] = MMTextModel.from_pretrained(path, **load_kwargs)
+            elif _is(sub_config, MMEfficientNetLiteConfig):
+                # A converted folder holds the ImageNet classifier too; only the tower is kept.
+                towers[key] = MMEfficientNetLiteModel.from_pretrained(path, **load_kwargs)
             else:
                 towers[key] = _load_foreign_tower(sub_config, path, load_kwargs)
                 configs[key] = towers[key].config
@@ -783,6 +795,12 @@ def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
         return MMVisionModel._from_config(sub_config)
     if _is(sub_config, MMTextConfig):
         return MMTextModel._from_config(sub_config)
+    if _is(sub_config, MMEfficientNetLiteConfig):
+        # Built from our own code, not through AutoModel, so that `trust_remote_code` loading finds it too.
+        return MMEfficientNetLiteModel._from_config(sub_config)
+    if isinstance(sub_config, SiglipTextConfig):
+        # AutoModel maps no model to SigLIP's text config (transformers reaches it through SiglipModel only).
+        return SiglipTextModel._from_config(sub_config)
     # Foreign towers (ViT, CLIPVision, BERT, RoBERTa...) come from transformers itself; their randomly initialised
     # poolers are left out where the class allows it, as we pool the [CLS] state ourselves.
     try:
@@ -983,7 +1001,9 @@ class MMModel(MMPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         pooled_only: bool = False,
     ) -> BaseModelOutputWithPooling:
-        """Runs the text tower; the pooled state is the `[CLS]` token. `pooled_only` as in `encode_image`."""
+        """Runs the text tower. The pooled state is the tower's own `pooler_output` where it makes one (CLIP's EOS
+        token, SigLIP's head over the last token); else the `[CLS]` token (BERT-style towers, built without their
+        randomly initialised pooler). `pooled_only` as in `encode_image`."""
         self._require(("late", "hybrid"), "encode_text")
         _check_text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids)
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
@@ -992,7 +1012,7 @@ class MMModel(MMPreTrainedModel):
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if isinstance(self.text_model, MMTextModel):
             return out
-        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=out.last_hidden_state[:, 0])
+        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=_pooled(out))
 
     def get_image_features(
         self, pixel_values: torch.FloatTensor, image_keep_indices: torch.LongTensor | None = None
@@ -1157,7 +1177,10 @@ class MMModel(MMPreTrainedModel):
         )
 
 def _load_foreign_tower(sub_config: PreTrainedConfig, path: str, load_kwargs: dict) -> PreTrainedModel:
-    model_cls = AutoModel._model_mapping[type(sub_config)]
+    if isinstance(sub_config, SiglipTextConfig):
+        model_cls = SiglipTextModel  # not in AutoModel's mapping, as in `_build_tower`
+    else:
+        model_cls = AutoModel._model_mapping[type(sub_config)]
     try:
         return model_cls.from_pretrained(path, config=sub_config, add_pooling_layer=False, **load_kwargs)
     except TypeError:
