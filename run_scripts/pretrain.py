@@ -88,12 +88,21 @@ class ModelArguments:
             "heads learn; the text side needs forward passes only, which is what fits pretraining in minutes on CPU."
         },
     )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the vision tower fixed: LiT (Zhai et al. 2022) locks a pretrained image tower, e.g. a "
+            "converted EfficientNet-Lite (--vision_model_name_or_path), and trains the text side to match it."
+        },
+    )
     attn_implementation: str = field(
         default="sdpa",
         metadata={"help": "Attention kernel.", "choices": ["eager", "sdpa", "flash_attention_2", "flex_attention"]},
     )
 
     def __post_init__(self):
+        if self.freeze_vision_tower and self.fusion == "early":
+            raise ValueError("--freeze_vision_tower needs a vision tower (fusion late or hybrid); early fusion has none.")
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"--objectives lists an objective twice: {self.objectives}.")
         if self.objective_weights is not None and len(self.objective_weights) != len(self.objectives):
@@ -238,11 +247,12 @@ def main(args: list[str] | None = None) -> dict:
 
     # 1. Model
     model = build_model(model_args)
-    if model_args.freeze_text_tower:
-        model.mm.text_model.requires_grad_(False)
-        for module in model.mm.text_model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0  # a fixed tower should give fixed features
+    for locked, tower in ((model_args.freeze_text_tower, "text_model"), (model_args.freeze_vision_tower, "vision_model")):
+        if locked:
+            getattr(model.mm, tower).requires_grad_(False)
+            for module in getattr(model.mm, tower).modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0  # a fixed tower should give fixed features
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("MMForPreTraining (%s fusion, objectives %s): %.1fM parameters, %.1fM trained", model.config.fusion,

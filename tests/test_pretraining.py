@@ -353,7 +353,7 @@ def test_trainer_steps_log_every_objective_and_save_a_loadable_checkpoint(tiny_t
 
     from run_scripts.pretrain import main
 
-    summary = main(tiny_pretrain_args(tiny_text_tower, str(tmp_path), "--objectives", "itc,itm,mlm,lm"))
+    summary = main(tiny_pretrain_args(tiny_text_tower, str(tmp_path), "--objectives", "itc", "itm", "mlm", "lm"))
     for key in ("loss", "itc_loss", "itm_loss", "mlm_loss", "lm_loss"):
         assert key in summary["final_losses"], key
     assert (tmp_path / "checkpoint-2" / "checkpoint_complete.json").exists()
@@ -459,3 +459,33 @@ def test_report_to_tensorboard_receives_every_objective_loss(tmp_path, monkeypat
         accumulator.Reload()
         if "train/itc_loss" in accumulator.Tags()["scalars"]:
             assert [e.step for e in accumulator.Scalars("train/itc_loss")] == [1, 2]
+
+
+def test_freeze_vision_tower_keeps_a_loaded_tower_fixed(tmp_path):
+    """LiT with a pretrained image tower: `--freeze_vision_tower` trains everything but the loaded vision weights."""
+    from modeling_mm import MMVisionConfig, MMVisionModel
+    from pretrain_tester import save_tiny_text_tower, tiny_pretrain_args
+    from run_scripts.cli import run_command
+
+    torch.manual_seed(0)
+    tower_dir = tmp_path / "vision"
+    MMVisionModel(MMVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=4, intermediate_size=37)).save_pretrained(tower_dir)
+    text = save_tiny_text_tower(str(tmp_path / "text"))
+    out = tmp_path / "run"
+    run_command("pretrain", tiny_pretrain_args(text, str(out), max_steps=2, save_steps=2, fusion="late",
+                                               objectives=["itc"], vision_model_name_or_path=str(tower_dir),
+                                               freeze_vision_tower="true", freeze_text_tower="false"))
+    trained = MMForPreTraining.from_pretrained(out)
+    before = MMVisionModel.from_pretrained(tower_dir).state_dict()
+    after = trained.mm.vision_model.state_dict()
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0, msg=name)
+    untrained = MMForPreTraining.from_vision_text_pretrained(str(tower_dir), text, fusion="late", objectives=["itc"])
+    changed = [n for n, p in trained.mm.text_model.state_dict().items()
+               if not torch.equal(p, untrained.mm.text_model.state_dict()[n])]
+    assert changed, "the unlocked text tower did not train"
+    with pytest.raises(ValueError, match="--freeze_vision_tower needs a vision tower"):
+        run_command("pretrain", tiny_pretrain_args(text, str(tmp_path / "early"), fusion="early",
+                                                   objectives=["itm"], freeze_vision_tower="true"))
