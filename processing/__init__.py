@@ -32,6 +32,13 @@ _LAZY_ATTRIBUTES = {
     "easy_vqa_data_dir": "data",
     "load_easy_vqa": "data",
     "load_image_folder": "data",
+    "MMDataArguments": "sources",
+    "RowTransform": "sources",
+    "load_mm_datasets": "sources",
+    "prepare_dataset": "sources",
+    "ShardStream": "shards",
+    "expand_shard_patterns": "shards",
+    "write_shards": "shards",
 }
 
 __all__ = ["MMImageError", "MMImageProcessor", "MMProcessor", *_LAZY_ATTRIBUTES]

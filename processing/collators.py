@@ -18,6 +18,12 @@ They take the raw columns (`image` or `video`, text, labels, `image_id`), so `Tr
 its row and file named, or (with `skip_bad_samples=True`) dropped from the batch, logged and counted in a
 `BadSampleCounter`.
 
+Rows may also arrive already transformed (`processing.sources.prepare_dataset`, `processing.shards.ShardStream`):
+`pixel_values` (one `(3, H, W)` or `(T, 3, H, W)` tensor per row) and `input_ids` (token ids, unpadded). The
+collators then only stack, pad and mask. Such rows may carry `skipped_bad_samples`, the bad samples the stream
+skipped just before them, which are added to the collator's `BadSampleCounter` (so counts made in DataLoader workers
+reach the main process).
+
 Every collator returns a dict of tensors whose keys are the model's argument names:
 
 - `DataCollatorForMMPretraining`: pixel_values, input_ids, attention_mask, mlm_input_ids, mlm_labels, image_ids
@@ -147,6 +153,18 @@ class _MMDataCollatorBase:
         image_processor = self.processor.image_processor
         visuals, kept, kinds = [], [], set()
         for i, row in enumerate(rows):
+            if isinstance(row, Mapping):
+                for skipped in row.get("skipped_bad_samples") or ():
+                    where, _, error = skipped.partition(": ")
+                    self.bad_samples.add(where, MMImageError(error))
+            if isinstance(row, Mapping) and row.get("pixel_values") is not None:
+                # Already decoded and transformed upstream (decode once): nothing to do but stack.
+                value = row["pixel_values"]
+                value = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+                kinds.add(value.ndim == 4)
+                visuals.append(value)
+                kept.append(i)
+                continue
             is_video = isinstance(row, Mapping) and row.get("image") is None and row.get("video") is not None
             kinds.add(is_video)
             value = self._column(row, "video" if is_video else "image", i)
@@ -174,7 +192,12 @@ class _MMDataCollatorBase:
             )
         return visuals, kept, kinds.pop()
 
-    def _encode(self, visuals: list[Any], texts: list[str], is_video: bool) -> dict[str, torch.Tensor]:
+    def _encode(
+        self, visuals: list[Any], texts: list[str], is_video: bool, rows: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`rows` (the kept rows) lets already-transformed rows be stacked instead of processed."""
+        if rows and all(row.get("pixel_values") is not None for row in rows):
+            return self._stack(visuals, texts, rows)
         # `load_image`/`load_video` already returned channels-first RGB tensors.
         visual_kwargs = {"videos": visuals} if is_video else {"images": visuals}
         encoding = self.processor(
@@ -188,6 +211,29 @@ class _MMDataCollatorBase:
         )
         return dict(encoding)
 
+    def _stack(
+        self, visuals: list[torch.Tensor], texts: list[str], rows: Sequence[Mapping[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """Stack transformed `pixel_values`; pad the rows' `input_ids` (tokenise `texts` if the rows have none)."""
+        shapes = {tuple(v.shape) for v in visuals}
+        if len(shapes) > 1:
+            raise ValueError(f"Rows of the batch have `pixel_values` of different shapes {sorted(shapes)}.")
+        if all(row.get("input_ids") is not None for row in rows):
+            ids = [list(row["input_ids"])[: self.max_length] for row in rows]
+        else:
+            ids = self.processor.tokenizer(
+                texts, truncation=True, max_length=self.max_length, return_token_type_ids=False
+            )["input_ids"]
+        pad_id = self.processor.tokenizer.pad_token_id
+        length = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)  # (B, L)
+        attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+            attention_mask[i, : len(x)] = 1
+        pixel_values = torch.stack([v.to(torch.float32) for v in visuals])  # (B, 3, H, W) or (B, T, 3, H, W)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
     @staticmethod
     def _image_ids(rows: Sequence[Mapping[str, Any]], is_video: bool) -> torch.Tensor:
         """`image_id` column when present, else a stable hash of the file path, else a per-row unique negative id."""
@@ -195,6 +241,9 @@ class _MMDataCollatorBase:
         for i, row in enumerate(rows):
             if row.get("image_id") is not None:
                 ids.append(int(row["image_id"]))
+                continue
+            if row.get("__key__") is not None:  # a shard sample: its WebDataset key names it uniquely
+                ids.append(_stable_id(f"{os.path.basename(row.get('__url__') or '')}/{row['__key__']}"))
                 continue
             value = row.get("video" if is_video else "image")
             path = value.get("path") if isinstance(value, Mapping) else value
@@ -277,7 +326,7 @@ class DataCollatorForMMPretraining(_MMDataCollatorBase):
         visuals, kept, is_video = self._load_visuals(rows)
         texts = self._texts(rows, self.text_column, kept)
         rows = [rows[i] for i in kept]
-        batch = self._encode(visuals, texts, is_video)
+        batch = self._encode(visuals, texts, is_video, rows)
         batch["image_ids"] = self._image_ids(rows, is_video)
         generator = self._batch_generator(batch["image_ids"], texts)
         batch["mlm_input_ids"], batch["mlm_labels"] = self.mask_tokens(
@@ -397,7 +446,7 @@ class DataCollatorForVQA(_MMDataCollatorBase):
                 [self._label(self._column(row, "answer", kept[i]), kept[i]) for i, row in enumerate(rows)],
                 dtype=torch.long,
             )
-        batch = self._encode(visuals, texts, is_video)
+        batch = self._encode(visuals, texts, is_video, rows)
         batch["labels"] = labels
         return batch
 
@@ -436,7 +485,7 @@ class DataCollatorForCaptioning(_MMDataCollatorBase):
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         visuals, kept, is_video = self._load_visuals(rows)
         texts = self._texts(rows, self.text_column, kept)
-        batch = self._encode(visuals, texts, is_video)
+        batch = self._encode(visuals, texts, is_video, [rows[i] for i in kept])
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return batch
 
@@ -518,7 +567,7 @@ class DataCollatorForImageTextClassification(_MMDataCollatorBase):
                     labels[row, self._label_id(label, i)] = 1.0
         else:
             labels = torch.tensor([self._label_id(label, i) for i, label in zip(kept, raw_labels)], dtype=torch.long)
-        batch = self._encode(visuals, texts, is_video)
+        batch = self._encode(visuals, texts, is_video, [rows[i] for i in kept])
         batch["labels"] = labels
         return batch
 
@@ -558,6 +607,6 @@ class DataCollatorForRetrieval(_MMDataCollatorBase):
         visuals, kept, is_video = self._load_visuals(rows)
         texts = self._texts(rows, self.text_column, kept)
         rows = [rows[i] for i in kept]
-        batch = self._encode(visuals, texts, is_video)
+        batch = self._encode(visuals, texts, is_video, rows)
         batch["image_ids"] = self._image_ids(rows, is_video)
         return batch

@@ -20,6 +20,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from modeling_mm import FUSION_OBJECTIVES, MMForPreTraining, MMVisionConfig
+from processing.sources import MMDataArguments
 from training import (
     MMTrainer,
     check_trainer_flags,
@@ -117,11 +118,10 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(
-        default="easy_vqa", metadata={"help": "'easy_vqa' (embedded) or a folder with images and metadata.jsonl/csv."}
-    )
-    text_column: str = field(default="caption", metadata={"help": "Text paired with each image."})
+class DataArguments(MMDataArguments):
+    """Which pairs to pretrain on (`MMDataArguments`: --dataset, --dataset_name, --train_file, --train_shards and the
+    column flags), plus pretraining's own data settings."""
+
     group_column: str | None = field(
         default="caption",
         metadata={
@@ -131,11 +131,6 @@ class DataArguments:
     )
     max_length: int = field(default=MAX_TEXT_LENGTH, metadata={"help": "Maximum text length in tokens."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of text tokens masked for MLM."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
-    skip_bad_samples: bool = field(
-        default=False, metadata={"help": "Skip (log and count) unreadable images instead of stopping."}
-    )
     zero_shot_eval: bool = field(
         default=True, metadata={"help": "After training, report easy-VQA zero-shot accuracy and retrieval recall."}
     )
@@ -208,23 +203,45 @@ def build_model(model_args: ModelArguments) -> MMForPreTraining:
     )
 
 
-def load_pretraining_data(data_args: DataArguments):
-    """Image-text pairs: easy-VQA's per-image view (one caption per image), or a user image folder."""
-    from processing.data import load_easy_vqa, load_image_folder
+def load_pretraining_data(data_args: DataArguments, processor, training_args, bad_samples) -> tuple:
+    """Image-text pairs from any source of `MMDataArguments`, ready for the collator: a map-style dataset tokenised
+    once (cached `map`) and decoded once per access (`set_transform`), or a shard stream decoding in its `map`.
+    Returns `(train, easy-VQA test split or None, stream summary or None)`."""
+    from datasets import IterableDataset
 
-    if data_args.dataset == "easy_vqa":
-        data = load_easy_vqa(view="images")
+    from processing.data import load_easy_vqa
+    from processing.sources import add_stream_group_ids, load_mm_datasets, prepare_dataset
+
+    train, _ = load_mm_datasets(
+        data_args,
+        required=("image", "caption"),
+        bad_samples=bad_samples,
+        seed=training_args.seed,
+        world_size=training_args.world_size,
+        num_workers=training_args.dataloader_num_workers,
+        processor=processor,
+        max_length=data_args.max_length,
+    )
+    stream_summary = None
+    if isinstance(train, IterableDataset):
+        if training_args.max_steps <= 0:
+            raise SystemExit("A streamed dataset has no length: set --max_steps (steps per epoch are in the log).")
+        stream = getattr(train, "_mm_stream", None)
+        stream_summary = stream.summary() if stream is not None else None
+        if data_args.group_column not in (None, "image_id"):
+            train = add_stream_group_ids(train, data_args.group_column)
     else:
-        data = {"train": load_image_folder(data_args.dataset, skip_bad_samples=data_args.skip_bad_samples)}
-    train = data["train"]
-    if data_args.text_column not in train.column_names:
-        raise SystemExit(
-            f"--text_column {data_args.text_column!r} is not a column of {data_args.dataset} "
-            f"(columns: {train.column_names})."
-        )
-    if data_args.max_train_samples is not None:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    return train, data.get("test")
+        train = add_group_ids(train, data_args.group_column)
+    train = prepare_dataset(
+        train,
+        processor,
+        max_length=data_args.max_length,
+        skip_bad_samples=data_args.skip_bad_samples,
+        bad_samples=bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+    )
+    test = load_easy_vqa("test", view="images") if data_args.source == "easy_vqa" else None
+    return train, test, stream_summary
 
 
 def add_group_ids(dataset, column: str | None):
@@ -265,14 +282,21 @@ def main(args: list[str] | None = None) -> dict:
     processor = processor_for_model(
         model, model_args.model_name_or_path, model_args.text_model_name_or_path, data_args.max_length
     )
-    train, test = load_pretraining_data(data_args)
-    train = add_group_ids(train, data_args.group_column)
+    from processing.collators import BadSampleCounter
+
+    bad_samples = BadSampleCounter()  # screening, the stream and the collator count into it: the summary reads it
+    train, test, stream_summary = load_pretraining_data(data_args, processor, training_args, bad_samples)
+    if stream_summary is not None and training_args.world_size > 1:
+        # Each process reads its own whole shards: accelerate splits the stream by its data sources. (The default
+        # for an IterableDataset, dispatch_batches=True, would read every shard on process 0 and broadcast.)
+        training_args.accelerator_config.dispatch_batches = False
     collator = DataCollatorForMMPretraining(
         processor,
         mlm_probability=data_args.mlm_probability,
         max_length=data_args.max_length,
-        text_column=data_args.text_column,
+        text_column="caption",
         skip_bad_samples=data_args.skip_bad_samples,
+        bad_samples=bad_samples,
         seed=training_args.seed,  # masks drawn per batch from the seed: a run resumed mid-epoch draws the same ones
     )
 
@@ -294,6 +318,8 @@ def main(args: list[str] | None = None) -> dict:
         "parameters": n_params,
         "trainable_parameters": n_trainable,
     }
+    if stream_summary is not None:
+        summary["train_stream"] = stream_summary  # shards, samples, streams, and what evening them out drops
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
         try:
@@ -320,7 +346,7 @@ def main(args: list[str] | None = None) -> dict:
         trainer.push_to_hub()
 
     # 5. Zero-shot evaluation on the embedded test split
-    if data_args.zero_shot_eval and data_args.dataset == "easy_vqa" and trainer.is_world_process_zero():
+    if data_args.zero_shot_eval and data_args.source == "easy_vqa" and trainer.is_world_process_zero():
         if "itc" in model.config.objectives:
             from evaluation.tasks import evaluate_zero_shot_easy_vqa
 

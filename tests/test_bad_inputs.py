@@ -467,8 +467,8 @@ BAD_INPUTS = [
         "columns", remove_unused_columns="true"), SystemExit, r"--remove_unused_columns true cannot work"),
     Case("pretrain.py", "--label_names labels", lambda e: e.pretrain("labels", label_names="labels"), SystemExit,
          r"--label_names \['labels'\] cannot work here"),
-    Case("pretrain.py", "--text_column nope", lambda e: e.pretrain("text_column", text_column="nope"), SystemExit,
-         r"--text_column 'nope' is not a column"),
+    Case("pretrain.py", "--text_column nope", lambda e: e.pretrain("text_column", text_column="nope"), VE,
+         r"--text_column 'nope' is not a column of easy_vqa \[train\] \(columns: \['image'"),
     Case("pretrain.py", "--group_column nope", lambda e: e.pretrain("group_column", group_column="nope"), SystemExit,
          r"--group_column 'nope' is not a column"),
     Case("pretrain.py", "--resume_from_checkpoint to nowhere", lambda e: e.pretrain(
