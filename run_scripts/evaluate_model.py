@@ -24,6 +24,7 @@ from evaluation.tasks import (
     load_for_task,
     results_markdown,
 )
+from processing.sources import MMDataArguments
 from training import parse_args, setup_logging
 from training.defaults import CAPTION_MAX_NEW_TOKENS
 
@@ -35,8 +36,11 @@ __all__ = ["EvalArguments", "main"]
 class EvalArguments:
     model_name_or_path: str = field(metadata={"help": "Checkpoint folder, LoRA adapter folder, or Hub id."})
     task: str = field(default="zero_shot", metadata={"help": "What to evaluate.", "choices": sorted(TASK_MODELS)})
-    dataset: str = field(default="easy_vqa", metadata={"help": "'easy_vqa' or an image folder with metadata."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    split: str = field(
+        default="test",
+        metadata={"help": "Split to evaluate (easy-VQA, an image folder or --dataset_name; with --train_file, the "
+                          "--validation_file when given, else the train file)."},
+    )
     batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N samples only."})
     max_new_tokens: int = field(default=CAPTION_MAX_NEW_TOKENS, metadata={"help": "Captioning: tokens to generate."})
@@ -45,20 +49,43 @@ class EvalArguments:
     revision: str | None = field(default=None, metadata={"help": "Hub revision (pin it for remote code)."})
 
 
+# The canonical columns (`processing.sources`) each task reads from a --dataset_name / --train_file source.
+TASK_COLUMNS = {"vqa": ("image", "question", "answer"), "captioning": ("image", "caption"),
+                "classification": ("image", "caption", "label")}
+
+
+def _canonical_rows(task: str, data_args: MMDataArguments, split: str):
+    """The rows to evaluate from a `--dataset_name` or `--train_file` source, in the canonical columns."""
+    from processing.sources import load_mm_datasets
+
+    if data_args.source == "dataset_name":
+        data_args.eval_split = split
+    train, evaluation = load_mm_datasets(data_args, required=TASK_COLUMNS[task])
+    return evaluation if evaluation is not None else train
+
+
 def main(args: list[str] | None = None) -> dict:
-    (eval_args,) = parse_args((EvalArguments,), args)
+    eval_args, data_args = parse_args((EvalArguments, MMDataArguments), args)
     setup_logging()
     start = time.time()
-    model, processor = load_for_task(eval_args.model_name_or_path, eval_args.task, eval_args.revision)
     task = eval_args.task
+    source = data_args.source
+    if source == "shards":
+        raise SystemExit("mm evaluate reads map-style data: pass --dataset_name, --train_file or --dataset.")
+    if task in ("zero_shot", "retrieval") and source != "easy_vqa":
+        raise SystemExit("zero_shot/retrieval evaluation is implemented for --dataset easy_vqa.")
+    model, processor = load_for_task(eval_args.model_name_or_path, task, eval_args.revision)
+    text_column = "text"
     if task in ("zero_shot", "retrieval"):
-        if eval_args.dataset != "easy_vqa":
-            raise SystemExit("zero_shot/retrieval evaluation is implemented for --dataset easy_vqa.")
-        images = _load_split(eval_args.dataset, eval_args.split, "images")
+        images = _load_split(data_args.dataset, eval_args.split, "images")
         results = evaluate_zero_shot_easy_vqa(model, processor, images, eval_args.batch_size, eval_args.max_samples)
     else:
         view = "questions" if task == "vqa" else "images"
-        rows = _load_split(eval_args.dataset, eval_args.split, view)
+        if source in ("dataset_name", "files"):
+            rows = _canonical_rows(task, data_args, eval_args.split)
+            text_column = "caption"
+        else:
+            rows = _load_split(data_args.dataset, eval_args.split, view)
         if eval_args.max_samples is not None:
             rows = rows.select(range(min(eval_args.max_samples, len(rows))))
         if task == "vqa":
@@ -68,12 +95,12 @@ def main(args: list[str] | None = None) -> dict:
                 model, processor, rows, eval_args.batch_size, eval_args.max_new_tokens, eval_args.num_beams
             )
         else:
-            results = evaluate_classification(model, processor, rows, eval_args.batch_size)
+            results = evaluate_classification(model, processor, rows, eval_args.batch_size, text_column=text_column)
     results["eval_seconds"] = round(time.time() - start, 1)
     payload = {
         "model": eval_args.model_name_or_path,
         "task": task,
-        "dataset": eval_args.dataset,
+        "dataset": data_args.dataset_name or data_args.train_file or data_args.dataset,
         "split": eval_args.split,
         "results": results,
     }

@@ -63,6 +63,7 @@ from processing.collators import (
     DataCollatorForRetrieval,
     DataCollatorForVQA,
 )
+from processing.sources import MMDataArguments
 from processing.data import EASY_VQA_SHAPES, easy_vqa_answers, load_easy_vqa, load_image_folder, processor_for_model
 from training import (
     MMTrainer,
@@ -205,13 +206,10 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """Which data, and how much of it."""
+class DataArguments(MMDataArguments):
+    """Which data (`MMDataArguments`: --dataset, --dataset_name, --train_file, --train_shards and the column flags),
+    and how much of it."""
 
-    dataset: str = field(
-        default="easy_vqa",
-        metadata={"help": "'easy_vqa' (embedded in the easy-vqa package) or an image folder with metadata.jsonl/csv."},
-    )
     train_fraction: float = field(
         default=1.0,
         metadata={
@@ -220,8 +218,6 @@ class DataArguments:
         },
     )
     subsample_seed: int = field(default=0, metadata={"help": "Seed of the training and evaluation subsets."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows (after the fraction)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation rows."})
     max_length: int = field(default=MAX_TEXT_LENGTH, metadata={"help": "Token budget of texts."})
     max_new_tokens: int = field(default=CAPTION_MAX_NEW_TOKENS, metadata={"help": "Captioning evaluation: tokens generated."})
     multi_label: bool = field(
@@ -230,6 +226,7 @@ class DataArguments:
     num_beams: int = field(default=1, metadata={"help": "Captioning evaluation: beams (1 = greedy)."})
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"--train_fraction must be in (0, 1], got {self.train_fraction}.")
         if self.max_length < 2:
@@ -319,11 +316,18 @@ def load_task_data(task: str, data_args: DataArguments) -> tuple[Dataset, Datase
         task (`str`): One of `TASK_HEADS`.
         data_args (`DataArguments`): Dataset, subsampling and caps.
     """
-    easy = data_args.dataset == "easy_vqa"
-    if not easy and not os.path.isdir(data_args.dataset):
+    source = data_args.source
+    easy = source == "easy_vqa"
+    if source == "folder" and not os.path.isdir(data_args.dataset):
         raise ValueError(f"--dataset must be 'easy_vqa' or an image folder; {data_args.dataset!r} is neither.")
     labels = None
-    if easy:
+    if source in ("dataset_name", "files", "shards"):
+        train, test = _canonical_task_data(task, data_args)
+        if task == "vqa":
+            labels = sorted({str(a) for a in train["answer"]})
+        elif task == "classification":
+            labels = _label_vocabulary(train["label"], data_args.multi_label)
+    elif easy:
         data = load_easy_vqa(view="questions" if task == "vqa" else "images")
         train, test = data["train"], data["test"]
         if task == "vqa":
@@ -350,6 +354,41 @@ def load_task_data(task: str, data_args: DataArguments) -> tuple[Dataset, Datase
     train = _subsample(train, data_args.train_fraction, data_args.max_train_samples, data_args.subsample_seed)
     test = _subsample(test, 1.0, data_args.max_eval_samples, data_args.subsample_seed)
     return train, test, labels
+
+
+# The canonical columns (`processing.sources`) each task reads, and the text its collator tokenises.
+TASK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "vqa": ("image", "question", "answer"),
+    "classification": ("image", "caption", "label"),
+    "retrieval": ("image", "caption"),
+    "captioning": ("image", "caption"),
+}
+
+
+def _canonical_task_data(task: str, data_args: DataArguments) -> tuple[Dataset, Dataset]:
+    """Train and evaluation rows of a `--dataset_name` / `--train_file` source in the canonical columns; without an
+    evaluation split, 10% of the training rows are held out. Shards stream without a length, which the label
+    vocabularies and the fraction subsets need: fine-tuning reads map-style data."""
+    from datasets import IterableDataset
+
+    from processing.sources import load_mm_datasets
+
+    if data_args.source == "shards" or data_args.streaming:
+        raise ValueError(
+            "Fine-tuning reads map-style data (the answer / label vocabulary and --train_fraction need every row): "
+            "pass --dataset_name or --train_file (shards and --streaming are for pretraining)."
+        )
+    train, test = load_mm_datasets(data_args, required=TASK_COLUMNS[task], seed=data_args.subsample_seed)
+    if isinstance(train, IterableDataset):  # a streaming-only dataset script
+        raise ValueError(f"{data_args.source} gave a streaming dataset; fine-tuning needs a map-style one.")
+    if test is None:
+        logger.info("The source has no evaluation split: holding out 10%% of the training rows for evaluation.")
+        parts = train.train_test_split(test_size=0.1, seed=0)
+        train, test = parts["train"], parts["test"]
+    if task == "classification":
+        # The classification collator reads the text as `text`.
+        train, test = (split.rename_column("caption", "text") for split in (train, test))
+    return train, test
 
 
 def _collator(task: str, processor: MMProcessor, label2id: dict[str, int] | None, data_args: DataArguments):
@@ -566,7 +605,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "model": model_args.model_name_or_path
         or {"vision": model_args.vision_model_name_or_path, "text": model_args.text_model_name_or_path or "default"},
         "fusion": trainer.model.config.fusion,
-        "dataset": data_args.dataset,
+        "dataset": data_args.dataset_name or data_args.train_file or data_args.dataset,
         "train_fraction": data_args.train_fraction,
         "train_samples": len(train_dataset),
         "eval_samples": len(eval_dataset),

@@ -241,3 +241,55 @@ def test_train_fraction_subsamples_questions_with_a_fixed_seed():
 def test_bad_arguments_are_clear_errors(argv, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         main(["--task", "vqa", "--output_dir", str(tmp_path), *argv])
+
+
+def _csv_source(folder, rows: list[dict]) -> str:
+    """A CSV of image paths (relative to the file) with the other columns, as users' own data comes."""
+    import csv
+
+    from PIL import Image
+
+    os.makedirs(folder / "images", exist_ok=True)
+    for i, row in enumerate(rows):
+        Image.new("RGB", (40, 40), row.pop("_color")).save(folder / "images" / f"{i}.png")
+        row["file"] = f"images/{i}.png"
+    path = folder / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_vqa_and_classification_from_a_csv_train_file(checkpoint, tmp_path):
+    """The shared data flags reach fine-tuning: a CSV with its own column names, mapped by --image_column and
+    friends; the answer / label vocabulary comes from the rows; a wrong column name is named."""
+    colors = {"red": (220, 20, 20), "blue": (20, 20, 220)}
+    rows = [{"_color": colors[c], "q": "what color is it?", "ans": c, "note": f"a {c} square", "kind": c}
+            for c in ["red", "blue"] * 10]
+    train_file = _csv_source(tmp_path / "data", rows)
+    common = ["--model_name_or_path", checkpoint, "--train_file", train_file, "--image_column", "file", *FAST]
+    vqa = main(["--task", "vqa", "--question_column", "q", "--answer_column", "ans",
+                "--output_dir", str(tmp_path / "vqa"), *common])
+    assert vqa["train_samples"] == 18 and vqa["eval_samples"] == 2  # 10% held out without a validation file
+    assert vqa["global_step"] == 4 and "eval_vqa_accuracy" in vqa["eval_metrics"]
+    assert AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "vqa").config.id2label == {0: "blue", 1: "red"}
+    classification = main(["--task", "classification", "--caption_column", "note", "--label_column", "kind",
+                           "--output_dir", str(tmp_path / "cls"), *common])
+    assert "eval_accuracy" in classification["eval_metrics"]
+    with pytest.raises(ValueError, match=r"question.*'nope'.*(file|q)"):
+        main(["--task", "vqa", "--question_column", "nope", "--answer_column", "ans",
+              "--output_dir", str(tmp_path / "bad"), *common])
+    with pytest.raises(ValueError, match="Fine-tuning reads map-style data"):
+        main(["--task", "captioning", "--model_name_or_path", checkpoint, "--train_shards", "x-{0..1}.tar",
+              "--output_dir", str(tmp_path / "shards"), *FAST])
+    # `mm evaluate` takes the same flags (here the whole train file: no validation file).
+    from run_scripts.cli import run_command
+
+    evaluated = run_command("evaluate", [
+        "--model_name_or_path", str(tmp_path / "vqa"), "--task", "vqa", "--train_file", train_file,
+        "--image_column", "file", "--question_column", "q", "--answer_column", "ans",
+        "--output_file", str(tmp_path / "eval_vqa.json"),
+    ])
+    assert evaluated["results"]["num_questions"] == 20 and evaluated["dataset"] == train_file
+    assert 0.0 <= evaluated["results"]["vqa_accuracy"] <= 1.0
