@@ -8,8 +8,14 @@ install:
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e ".[demo,plots,video]"
 
+# The test extras, and Debian's headless Chromium for the browser test of the Space app (where apt-get can install
+# it; elsewhere that test skips and says why).
 install-test: install
 	$(PIP_INSTALL) -e ".[test]"
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "No Chromium: the Space app's browser test will skip."
 
 # Main job on the embedded easy-VQA data: pretrain -> LoRA VQA -> evaluate -> publish -> pipeline().
 demo: install

@@ -123,6 +123,11 @@ class PublishArguments:
     private: bool = field(default=False, metadata={"help": "Create the repo private."})
     revision: str | None = field(default=None, metadata={"help": "Branch to upload to (created if missing)."})
     commit_message: str = field(default="Upload MM model with mm-pretrain", metadata={"help": "Commit message."})
+    space_dir: str | None = field(
+        default=None,
+        metadata={"help": "Also write a Gradio Space app for the repo here (app.py, requirements.txt, README.md, "
+                          "gallery/); it loads --repo_id, else the output folder. Not uploaded with the model."},
+    )
 
     def __post_init__(self):
         if self.checkpoint is None and self.adapter_path is None:
@@ -133,6 +138,13 @@ class PublishArguments:
             raise ValueError("--push needs --repo_id.")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.space_dir is not None:
+            if self.adapter_path is not None and not self.merge_adapter:
+                raise ValueError("--space_dir needs a full model: publish the adapter with --merge_adapter.")
+            out, space = os.path.abspath(self.output_dir), os.path.abspath(self.space_dir)
+            if os.path.commonpath([out, space]) in (out, space):
+                raise ValueError("--space_dir must lie outside --output_dir (and not contain it): the Space is a "
+                                 "separate repo, and would otherwise be uploaded with the model.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -438,7 +450,16 @@ def publish(args: PublishArguments, token: str | None = None) -> dict[str, Any]:
     if pickles:
         raise SystemExit(f"Refusing to publish pickle files: {pickles}.")
 
-    # 5. Upload, or list what would be uploaded.
+    # 5. The Gradio Space app next to the repo, loading it by Hub id (or from the folder in a dry run).
+    if args.space_dir is not None:
+        from .space import folder_tabs, write_space
+
+        title = (args.repo_id or os.path.abspath(out)).rstrip("/").split("/")[-1]
+        space_files = write_space(args.space_dir, args.repo_id or out, folder_tabs(out), title, license=args.license,
+                                  revision=args.revision, overwrite=args.overwrite_output_dir)
+        logger.info("Wrote the Space app to %s (%d files).", args.space_dir, len(space_files))
+
+    # 6. Upload, or list what would be uploaded.
     commit = None
     if args.push:
         card.validate()  # the Hub's own metadata check (needs network)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "Fine-tune a head (VQA, retrieval, captioning, classification), fully or with LoRA."),
     "evaluate": ("evaluate_model", "Evaluate a checkpoint or LoRA adapter on a task; JSON + Markdown results."),
     "publish": ("publish", "Write a Hub-ready folder (code, weights, processor, card, pipelines); --push uploads."),
+    "space": ("space", "Serve the Gradio app of a published folder (the Space `mm publish --space_dir` writes)."),
     "explain": ("explain", "Relevance heatmaps and retrieval galleries."),
     "grounding-eval": ("grounding_eval", "Score the heatmaps on two-object composites."),
     "make-shards": ("make_shards", "Write WebDataset shards from easy-VQA, an image folder or a dataset."),

@@ -158,9 +158,10 @@ def test_installed_package_runs_every_help_and_the_quick_demo(tmp_path):
     source, venv_dir, work = tmp_path / "src", tmp_path / "venv", tmp_path / "work"
     _clean_copy(source)
     work.mkdir()
-    # The venv sees the installed dependencies (torch, transformers...); the package itself is installed into it
+    # The venv sees the installed dependencies (torch, transformers...) and this interpreter's pip and setuptools
+    # (a venv's own bootstrap setuptools is too old for PEP 639 metadata); the package itself is installed into it
     # from the copy, as a wheel, not editable.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv_dir)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv_dir)], check=True)
     python, mm = str(venv_dir / "bin" / "python"), str(venv_dir / "bin" / "mm")
     install = subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)],
