@@ -25,6 +25,7 @@ import modeling_mm  # noqa: F401  (registers the Auto classes)
 from modeling_mm import AUTO_CLASSES, MMConfig, MMForConditionalGeneration, MMPreTrainedModel
 
 from training.defaults import CAPTION_MAX_NEW_TOKENS
+from training.trainer import fresh_output_dir
 
 from .model_card import build_model_card, check_model_card, eval_results_from_files, tower_base_models
 from .paths import PIPELINES_FILE, PIPELINES_PATH
@@ -401,11 +402,7 @@ def publish(args: PublishArguments, token: str | None = None) -> dict[str, Any]:
     """
     # 1. A clean output folder: stale files (old shards) would be uploaded too.
     out = args.output_dir
-    if os.path.isdir(out) and os.listdir(out):
-        if not args.overwrite_output_dir:
-            raise SystemExit(f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it.")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+    fresh_output_dir(out, args.overwrite_output_dir)
 
     # 2. The model (merged with its adapter when asked) and its processor.
     model, base = load_model(args)

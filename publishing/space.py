@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 
+from training.trainer import fresh_output_dir
+
 from .hub import supported_tasks
 
 
@@ -198,11 +200,7 @@ def write_space(
     if not tabs:
         raise SystemExit("This checkpoint serves no task the Space app shows (an early-fusion pretraining checkpoint "
                          "has no unimodal embeddings); publish a VQA, captioning or late/hybrid model.")
-    if os.path.isdir(space_dir) and os.listdir(space_dir):
-        if not overwrite:
-            raise SystemExit(f"--space_dir {space_dir} is not empty; pass --overwrite_output_dir to replace it.")
-        shutil.rmtree(space_dir)
-    os.makedirs(space_dir, exist_ok=True)
+    fresh_output_dir(space_dir, overwrite, flag="--space_dir")
     hub_id = not os.path.exists(model_id)
     model_id = model_id if hub_id else os.path.abspath(model_id)
     with open(os.path.join(space_dir, "app.py"), "w", encoding="utf-8") as f:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import json
 import logging
 import os
-import shutil
 
 import torch
 
@@ -25,7 +24,7 @@ from modeling_mm.convert_efficientnet_lite import (
     efficientnet_lite_from_state_dict,
     load_efficientnet_lite_state_dict,
 )
-from training.trainer import parse_args, setup_logging
+from training.trainer import fresh_output_dir, parse_args, setup_logging
 
 
 logger = logging.getLogger("convert_efficientnet_lite")
@@ -66,11 +65,7 @@ def main(args: list[str] | None = None) -> str:
 
     # 1. A clean output folder.
     out = conversion_args.output_dir
-    if os.path.isdir(out) and os.listdir(out):
-        if not conversion_args.overwrite_output_dir:
-            raise SystemExit(f"--output_dir {out} is not empty; pass --overwrite_output_dir to replace it.")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+    fresh_output_dir(out, conversion_args.overwrite_output_dir)
 
     # 2. Source weights, renamed and checked key by key and shape by shape.
     path = conversion_args.checkpoint_path or default_checkpoint_path()

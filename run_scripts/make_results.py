@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shlex
-import sys
 import time
 
 RESULTS_DIR = "outputs/results"

@@ -5,6 +5,7 @@ from collections import defaultdict
 import json
 import logging
 import os
+import shutil
 import sys
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "MMTrainer",
     "check_trainer_flags",
     "default_text_tower_path",
+    "fresh_output_dir",
     "latest_complete_checkpoint",
     "parse_args",
     "plot_training_curves",
@@ -60,6 +62,22 @@ def parse_args(dataclass_types: tuple, args: list[str] | None = None) -> tuple:
             raise SystemExit(f"Argument file not found: {args[0]}")
         return parser.parse_json_file(json_file=os.path.abspath(args[0]))
     return parser.parse_args_into_dataclasses(args=args)
+
+
+def fresh_output_dir(path: str, overwrite: bool, flag: str = "--output_dir") -> None:
+    """Makes `path` an empty folder for a tool to write: absent or empty is fine; a non-empty one is replaced only
+    with `overwrite` (stale files, e.g. old shards, would otherwise be shipped with the new ones).
+
+    Args:
+        path (`str`): The folder.
+        overwrite (`bool`): Whether `--overwrite_output_dir` was given.
+        flag (`str`): The option that named the folder, for the message.
+    """
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise SystemExit(f"{flag} {path} is not empty; pass --overwrite_output_dir to replace it.")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
 
 
 def check_trainer_flags(training_args, label_names: list[str]) -> None:
