@@ -198,6 +198,22 @@ def build_tower_model(
     return MMModel.from_vision_text_pretrained(None, text_path, vision_config=vision_config, **kwargs)
 
 
+def _seeded_tower_model(
+    tower: str, text_path: str, args: "RealBenchmarkArguments", dataset: str, results: dict
+) -> MMModel | None:
+    """The tower's model, seeded, with its text tower locked; `None` (recorded as blocked in `results`) when the
+    tower cannot be built here, e.g. no converted EfficientNet-Lite folder."""
+    try:
+        torch.manual_seed(args.seed)
+        model = build_tower_model(tower, text_path, args.image_size, args.projection_dim, args.effnet_dir)
+    except (ImportError, OSError, ValueError, KeyError) as err:
+        logger.warning("%s, %s: blocked (%s: %s)", dataset, tower, type(err).__name__, err)
+        results["towers"][tower] = {"blocked": f"{type(err).__name__}: {err}"}
+        return None
+    _lock(model.text_model)
+    return model
+
+
 def _lock(module: nn.Module) -> None:
     module.requires_grad_(False)
     module.eval()
@@ -556,14 +572,9 @@ def run_fashion_mnist(args: RealBenchmarkArguments, towers: Sequence[str], text_
     results: dict = {"setup": setup, "towers": {}}
     for tower in towers:
         tower_start = time.time()
-        try:
-            torch.manual_seed(args.seed)
-            model = build_tower_model(tower, text_path, args.image_size, args.projection_dim, args.effnet_dir)
-        except (ImportError, OSError, ValueError, KeyError) as err:
-            logger.warning("Fashion-MNIST, %s: blocked (%s: %s)", tower, type(err).__name__, err)
-            results["towers"][tower] = {"blocked": f"{type(err).__name__}: {err}"}
+        model = _seeded_tower_model(tower, text_path, args, "Fashion-MNIST", results)
+        if model is None:
             continue
-        _lock(model.text_model)
         locked = tower == "effnet_lite0_locked"
         text_pooled = encode_pooled_texts(model, tokenizer, prompts, args.max_length)  # (10 * T, D_text)
         if locked:
@@ -660,14 +671,9 @@ def run_openclipart(args: RealBenchmarkArguments, towers: Sequence[str], text_pa
     results: dict = {"setup": setup, "towers": {}}
     for tower in towers:
         tower_start = time.time()
-        try:
-            torch.manual_seed(args.seed)
-            model = build_tower_model(tower, text_path, args.image_size, args.projection_dim, args.effnet_dir)
-        except (ImportError, OSError, ValueError, KeyError) as err:
-            logger.warning("OpenClipArt, %s: blocked (%s: %s)", tower, type(err).__name__, err)
-            results["towers"][tower] = {"blocked": f"{type(err).__name__}: {err}"}
+        model = _seeded_tower_model(tower, text_path, args, "OpenClipArt", results)
+        if model is None:
             continue
-        _lock(model.text_model)
         locked = tower == "effnet_lite0_locked"
         title_pooled = encode_pooled_texts(model, tokenizer, titles, args.max_length)
         category_pooled = encode_pooled_texts(model, tokenizer, category_prompts, args.max_length)
