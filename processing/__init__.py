@@ -1,4 +1,4 @@
-"""Image processor, processor, collators and dataset loaders of the multimodal model.
+"""Image and video processors, processor, collators and dataset loaders of the multimodal model.
 
 The processors are imported eagerly; collators and the dataset loaders (which import `datasets` and the packages
 embedding the default data) on first access.
@@ -9,10 +9,14 @@ from typing import Any
 
 from transformers import AutoImageProcessor, AutoProcessor
 
+# The real class, not the top-level placeholder transformers exports when torchvision is missing.
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
 from modeling_mm import MMConfig
 
 from .image_processing_mm import MMImageError, MMImageProcessor
 from .processing_mm import MMProcessor
+from .video_processing_mm import MMVideoProcessor
 
 
 _LAZY_ATTRIBUTES = {
@@ -41,7 +45,7 @@ _LAZY_ATTRIBUTES = {
     "write_shards": "shards",
 }
 
-__all__ = ["MMImageError", "MMImageProcessor", "MMProcessor", *_LAZY_ATTRIBUTES]
+__all__ = ["MMImageError", "MMImageProcessor", "MMProcessor", "MMVideoProcessor", *_LAZY_ATTRIBUTES]
 
 
 def _register() -> None:
@@ -49,9 +53,13 @@ def _register() -> None:
     AutoImageProcessor.register(
         MMConfig, image_processor_classes={"pil": MMImageProcessor, "torchvision": MMImageProcessor}, exist_ok=True
     )
+    AutoVideoProcessor.register(
+        MMConfig, video_processor_classes={"pil": MMVideoProcessor, "torchvision": MMVideoProcessor}, exist_ok=True
+    )
     AutoProcessor.register(MMConfig, MMProcessor, exist_ok=True)
     # save_pretrained then copies the processing code and writes `auto_map`, for trust_remote_code loading.
     MMImageProcessor.register_for_auto_class("AutoImageProcessor")
+    MMVideoProcessor.register_for_auto_class("AutoVideoProcessor")
     MMProcessor.register_for_auto_class("AutoProcessor")
 
 

@@ -33,7 +33,8 @@ Every collator returns a dict of tensors whose keys are the model's argument nam
 - `DataCollatorForImageTextClassification`: pixel_values, input_ids, attention_mask, labels
 - `DataCollatorForRetrieval`: pixel_values, input_ids, attention_mask, image_ids
 
-`pixel_values` is `(B, 3, H, W)` for images and `(B, T, 3, H, W)` when rows carry a `video` instead of an `image`.
+`pixel_values` is `(B, 3, H, W)` for images; rows that carry a `video` instead of an `image` give
+`pixel_values_videos` `(B, T, 3, H, W)` in its place (the video processor's output name, which the heads take).
 """
 
 import hashlib
@@ -150,7 +151,7 @@ class _MMDataCollatorBase:
         """Decode each row's `image` (or `video`); returns the decoded items, the kept row indices and `is_video`."""
         if len(rows) == 0:
             raise ValueError("Got an empty batch of rows.")
-        image_processor = self.processor.image_processor
+        image_processor, video_processor = self.processor.image_processor, self.processor.video_processor
         visuals, kept, kinds = [], [], set()
         for i, row in enumerate(rows):
             if isinstance(row, Mapping):
@@ -169,7 +170,7 @@ class _MMDataCollatorBase:
             kinds.add(is_video)
             value = self._column(row, "video" if is_video else "image", i)
             try:
-                visual = image_processor.load_video(value, i) if is_video else image_processor.load_image(value, i)
+                visual = video_processor.load_video(value, i) if is_video else image_processor.load_image(value, i)
             except MMImageError as err:
                 where = f"row {i} of the batch" + (f", file '{err.path}'" if err.path else "")
                 if not self.skip_bad_samples:
@@ -232,7 +233,8 @@ class _MMDataCollatorBase:
             input_ids[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
             attention_mask[i, : len(x)] = 1
         pixel_values = torch.stack([v.to(torch.float32) for v in visuals])  # (B, 3, H, W) or (B, T, 3, H, W)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+        key = "pixel_values_videos" if pixel_values.ndim == 5 else "pixel_values"
+        return {"input_ids": input_ids, "attention_mask": attention_mask, key: pixel_values}
 
     @staticmethod
     def _image_ids(rows: Sequence[Mapping[str, Any]], is_video: bool) -> torch.Tensor:

@@ -47,6 +47,7 @@ from transformers.utils import logging
 from .collators import BadSampleCounter
 from .image_processing_mm import MMImageError, MMImageProcessor
 from .processing_mm import DEFAULT_MAX_LENGTH, MMProcessor
+from .video_processing_mm import MMVideoProcessor
 
 
 __all__ = [
@@ -84,7 +85,8 @@ def build_default_processor(
     image_size: int | None = None, max_length: int = DEFAULT_MAX_LENGTH, tokenizer_path: str | None = None, **image_processor_kwargs
 ) -> MMProcessor:
     """
-    `MMProcessor` with the default MiniLM tokenizer and an `MMImageProcessor`.
+    `MMProcessor` with the default MiniLM tokenizer, an `MMImageProcessor` and an `MMVideoProcessor` with the same
+    image settings.
 
     Args:
         image_size (`int`, *optional*):
@@ -94,12 +96,16 @@ def build_default_processor(
         tokenizer_path (`str`, *optional*):
             Tokenizer folder; `default_tokenizer_path()` when not given.
         image_processor_kwargs:
-            Other `MMImageProcessor` settings.
+            Other `MMImageProcessor` settings, and the video processor's own `num_frames`, `fps`, `do_sample_frames`.
     """
     if image_size is not None:
         image_processor_kwargs["size"] = {"height": image_size, "width": image_size}
+    video_keys = ("num_frames", "fps", "do_sample_frames")
+    video_only = {k: image_processor_kwargs.pop(k) for k in video_keys if k in image_processor_kwargs}
+    image_processor = MMImageProcessor(**image_processor_kwargs)
+    video_processor = MMVideoProcessor.from_image_processor(image_processor, **video_only)
     tokenizer = BertTokenizerFast.from_pretrained(tokenizer_path or default_tokenizer_path())
-    return MMProcessor(MMImageProcessor(**image_processor_kwargs), tokenizer, max_length=max_length)
+    return MMProcessor(image_processor, tokenizer, video_processor=video_processor, max_length=max_length)
 
 
 def processor_for_model(

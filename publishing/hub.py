@@ -65,6 +65,7 @@ CUSTOM_PIPELINES: dict[str, dict[str, Any]] = {
 PROCESSOR_AUTO_MAP = {
     "AutoProcessor": "processing_mm.MMProcessor",
     "AutoImageProcessor": "image_processing_mm.MMImageProcessor",
+    "AutoVideoProcessor": "video_processing_mm.MMVideoProcessor",
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _EASY_VQA = (

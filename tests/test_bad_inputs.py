@@ -42,7 +42,7 @@ from modeling_mm import (
     MMTextConfig,
     MMVisionConfig,
 )
-from processing import MMImageError, MMImageProcessor, MMProcessor
+from processing import MMImageError, MMImageProcessor, MMProcessor, MMVideoProcessor
 from processing.collators import (
     BadSampleCounter,
     DataCollatorForImageTextClassification,
@@ -215,7 +215,8 @@ BAD_INPUTS = [
     Case(P, "int as image", lambda e: e.processor(images=7), IE, r"Unsupported image type int"),
     Case(P, "None inside an image batch", lambda e: e.processor(images=[_rgb(), None]), IE,
          r"Unsupported image type NoneType \(batch index 1\)"),
-    Case(P, "nested list of images", lambda e: e.processor(images=[[_rgb()]]), IE, r"Unsupported image type list"),
+    Case(P, "nested list of images with a non-image", lambda e: e.processor(images=[[_rgb()], [7]]), IE,
+         r"Unsupported image type int.*batch index 1"),
     Case(P, "empty image batch", lambda e: e.processor(images=[]), IE, r"empty batch of images"),
     Case(P, "raw bytes as image", lambda e: e.processor(images=b"\x89PNG"), IE, r"Unsupported image type bytes"),
     # ---- arrays and tensors (processor) -------------------------------------------------------------------------------
@@ -272,8 +273,8 @@ BAD_INPUTS = [
     Case(P, "unknown padding strategy", lambda e: e.processor(text="a", padding="bogus"), VE, r"bogus is not a valid"),
     Case(P, "2 images, 3 texts", lambda e: e.processor(images=[_rgb(), _rgb()], text=["a", "b", "c"]), VE,
          r"Got 2 images and 3 texts"),
-    Case(P, "images and videos together", lambda e: e.processor(images=_rgb(), videos=[np.zeros((2, 5, 6, 3), np.uint8)]),
-         VE, r"either `images` or `videos`, not both"),
+    Case(P, "images and videos together, 2 videos for 1 text", lambda e: e.processor(
+        images=_rgb(), videos=[np.zeros((2, 5, 6, 3), np.uint8)] * 2, text=["a"]), VE, r"Got 2 videos and 1 texts"),
     Case(P, "nothing to process", lambda e: e.processor(), VE, r"at least one of `images`, `text` or `videos`"),
     Case(P, "MMProcessor(max_length=1)", lambda e: MMProcessor(e.image_processor, e.processor.tokenizer, max_length=1), VE,
          r"`max_length` must be an int >= 2, got 1"),
@@ -294,10 +295,10 @@ BAD_INPUTS = [
     Case(IP, "image_std 0", lambda e: MMImageProcessor(image_std=0.0), VE, r"`image_std` must be positive"),
     Case(IP, "image_mean of 2 values", lambda e: MMImageProcessor(image_mean=[0.5, 0.5]), VE, r"`image_mean` must be"),
     Case(IP, "background_color 300", lambda e: MMImageProcessor(background_color=(300, 0, 0)), VE, r"`background_color`"),
-    Case(IP, "LANCZOS resampling", lambda e: MMImageProcessor(resample=PIL.Image.Resampling.LANCZOS), VE,
-         r"LANCZOS.*not supported"),
+    Case(IP, "resample not a PIL filter", lambda e: MMImageProcessor(resample=42), VE,
+         r"`resample` must be a PIL resampling filter, got 42"),
     Case(IP, "max_image_pixels 0", lambda e: MMImageProcessor(max_image_pixels=0), VE, r"`max_image_pixels` must be"),
-    Case(IP, "num_frames 0", lambda e: MMImageProcessor(num_frames=0), VE, r"`num_frames` must be positive"),
+    Case(IP, "num_frames 0", lambda e: MMVideoProcessor(num_frames=0), VE, r"`num_frames` must be positive"),
     Case(IP, "crop larger than shortest edge", lambda e: MMImageProcessor(size={"shortest_edge": 8}, crop_size=16), VE,
          r"`crop_size`.*shortest_edge=8"),
     # ---- collators ----------------------------------------------------------------------------------------------------
@@ -446,6 +447,14 @@ BAD_INPUTS = [
         pixel_values=tester.get_inputs()["pixel_values"]), VE, r"needs input_ids"),
     Case("head", "captioning head on early fusion", lambda e: MMForConditionalGeneration(tester.get_config("early")), VE,
          r"needs a vision tower"),
+    Case("head", "pixel_values and pixel_values_videos in one call", lambda e: _model(MMForVisualQuestionAnswering,
+         "hybrid", num_labels=3)(**_inputs(pixel_values_videos=torch.randn(3, 2, 3, 30, 30))), VE,
+         r"pixel_values or videos as pixel_values_videos, not both"),
+    Case("head", "pixel_values_videos without a time axis", lambda e: _model(MMForConditionalGeneration, "late")(
+        **_inputs(pixel_values=None, pixel_values_videos=torch.randn(3, 3, 30, 30))), VE,
+         r"pixel_values_videos must be a \(B, T, C, H, W\) tensor.*\(3, 3, 30, 30\)"),
+    Case("config", "coattention with 0 fusion layers", lambda e: tester.get_config("coattention", num_fusion_layers=0),
+         VE, r"num_fusion_layers must be >= 1 with fusion='coattention'"),
     Case("head", "ITM scores on late fusion", lambda e: _model(MMForImageTextRetrieval, "late").itm_scores(
         **_inputs()), VE, r"ITM scores need fusion='hybrid' or 'early'"),
     Case("head", "rank_texts on early fusion", lambda e: _model(MMForImageTextRetrieval, "early").rank_texts(

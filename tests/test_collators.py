@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
-from processing import MMImageError, MMImageProcessor, MMProcessor
+from processing import MMImageError, MMImageProcessor, MMProcessor, MMVideoProcessor
 from processing.collators import (
     BadSampleCounter,
     DataCollatorForCaptioning,
@@ -24,7 +24,9 @@ from processing.data import default_tokenizer_path, easy_vqa_answers, load_easy_
 @pytest.fixture(scope="module")
 def processor():
     tokenizer = BertTokenizerFast.from_pretrained(default_tokenizer_path())
-    return MMProcessor(MMImageProcessor(size={"height": 8, "width": 8}, num_frames=4), tokenizer, max_length=32)
+    size = {"height": 8, "width": 8}
+    video_processor = MMVideoProcessor(size=size, num_frames=4)
+    return MMProcessor(MMImageProcessor(size=size), tokenizer, video_processor=video_processor, max_length=32)
 
 
 def _image(seed: int = 0, size: int = 10) -> np.ndarray:
@@ -282,15 +284,20 @@ def test_retrieval_outputs(processor):
     assert batch["image_ids"].tolist() == [0, 1, 0]
 
 
-def test_video_rows_give_5d_pixel_values(processor, tmp_path):
+def test_video_rows_give_pixel_values_videos(processor, tmp_path):
     frames = [np.full((6, 7, 3), 20 * t, dtype=np.uint8) for t in range(6)]
     rows = [
         {"video": frames, "caption": "a moving square", "image_id": 0},
         {"video": np.stack(frames[:2]), "caption": "a short clip", "image_id": 1},
     ]
     batch = DataCollatorForMMPretraining(processor)(rows)
-    assert batch["pixel_values"].shape == (2, 4, 3, 8, 8)
-    assert DataCollatorForCaptioning(processor)(rows)["pixel_values"].shape == (2, 4, 3, 8, 8)
+    assert "pixel_values" not in batch and batch["pixel_values_videos"].shape == (2, 4, 3, 8, 8)
+    assert DataCollatorForCaptioning(processor)(rows)["pixel_values_videos"].shape == (2, 4, 3, 8, 8)
+    # Rows transformed upstream (`RowTransform`) carry one (T, 3, H, W) clip each: stacked under the same name.
+    clips = processor.video_processor([frames, frames[:2]])["pixel_values_videos"]
+    transformed = [{"pixel_values": clip, "caption": "a clip", "image_id": i} for i, clip in enumerate(clips)]
+    stacked = DataCollatorForRetrieval(processor)(transformed)
+    assert torch.equal(stacked["pixel_values_videos"], batch["pixel_values_videos"])
     with pytest.raises(ValueError, match="mixes"):
         DataCollatorForRetrieval(processor)([rows[0], {"image": _image(0), "caption": "x"}])
 

@@ -1,4 +1,4 @@
-"""Tests for `MMImageProcessor` (images, videos, bad inputs) and `MMProcessor` (text + images, save/load)."""
+"""Tests for `MMImageProcessor` (images, bad inputs) and `MMProcessor` (text + images + videos, kwargs, save/load)."""
 
 import json
 import io
@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
-from processing import MMImageError, MMImageProcessor, MMProcessor
+from processing import MMImageError, MMImageProcessor, MMProcessor, MMVideoProcessor
 from processing.data import default_tokenizer_path
 
 
@@ -130,6 +130,12 @@ def test_do_convert_rgb_false_rejects_non_rgb():
     with pytest.raises(MMImageError, match="do_convert_rgb=False"):
         processor(PIL.Image.new("L", (4, 4)))
     assert processor(PIL.Image.new("RGB", (4, 4)))["pixel_values"].shape == (1, 3, 224, 224)
+    # Arrays keep their channels, as in transformers: 4 channels with one mean / std per channel.
+    rgba = np.full((6, 5, 4), 255, dtype=np.uint8)
+    out = processor(rgba, size=4, image_mean=[0.0] * 4, image_std=[1.0] * 4)["pixel_values"]
+    assert out.shape == (1, 4, 4, 4) and torch.allclose(out, torch.ones_like(out))
+    with pytest.raises(ValueError, match="`image_mean` has 3 values but the images have 4 channels"):
+        processor(rgba)
 
 
 # ---------------------------------------------------------------------------------------------------- input types
@@ -216,6 +222,11 @@ def test_shortest_edge_resize_then_center_crop():
         np.zeros((50, 20, 3), np.uint8)
     )
     assert tall["pixel_values"].shape == (1, 3, 8, 6)
+    # A per-call `shortest_edge` crops too, unless the call says otherwise.
+    square = MMImageProcessor(size=16)(np.zeros((40, 80, 3), np.uint8), size={"shortest_edge": 10})["pixel_values"]
+    assert square.shape == (1, 3, 10, 10)
+    wide = MMImageProcessor(size={"shortest_edge": 10})(np.zeros((40, 80, 3), np.uint8), do_center_crop=False)
+    assert wide["pixel_values"].shape == (1, 3, 10, 20)
 
 
 def test_return_tensors_np():
@@ -363,8 +374,15 @@ def test_max_image_pixels_applies_to_small_limits_and_pil_objects(tmp_path):
 def test_settings_validation():
     with pytest.raises(ValueError, match="size"):
         MMImageProcessor(size={"height": 10})
-    with pytest.raises(ValueError, match="LANCZOS"):
-        MMImageProcessor(resample=PIL.Image.Resampling.LANCZOS)
+    # PIL resizes, so every PIL filter works (the former batched torch path refused LANCZOS); a non-filter raises.
+    lanczos = MMImageProcessor(resample=PIL.Image.Resampling.LANCZOS, size=8)
+    assert lanczos(_random_rgb(9, 9))["pixel_values"].shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="resample"):
+        MMImageProcessor(resample=42)
+    with pytest.raises(ValueError, match="image_std"):
+        MMImageProcessor(image_std=[0.5, 0.0, 0.5])
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        MMImageProcessor(max_image_pixels=0)
     with pytest.raises(ValueError, match="background_color"):
         MMImageProcessor(background_color=(0, 0))
     with pytest.raises(ValueError, match="crop_size"):
@@ -385,70 +403,13 @@ def _frame_values(pixel_values: torch.Tensor) -> list[int]:
     return [round(v) for v in pixel_values[:, 0, 0, 0].tolist()]
 
 
-def test_video_frames_sampled_uniformly_and_padded():
-    processor = MMImageProcessor(size=8, num_frames=4)
-    long = processor(videos=_frames(10), **RAW)["pixel_values"]
-    assert long.shape == (1, 4, 3, 12, 16)
-    assert _frame_values(long[0]) == [0, 30, 60, 90]  # linspace(0, 9, 4) rounded -> 0, 3, 6, 9
-    short = processor(videos=[PIL.Image.fromarray(f) for f in _frames(2)], **RAW)["pixel_values"]
-    assert _frame_values(short[0]) == [0, 10, 10, 10]  # padded with the last frame
-    resized = processor(videos=_frames(10))["pixel_values"]
-    assert resized.shape == (1, 4, 3, 8, 8)
-
-
-def test_video_array_layouts_and_batches():
-    processor = MMImageProcessor(size=8, num_frames=3)
-    thwc = np.stack(_frames(6))  # (T, H, W, C)
-    tchw = torch.from_numpy(thwc).permute(0, 3, 1, 2)  # (T, C, H, W)
-    single = processor(videos=thwc)["pixel_values"]
-    assert single.shape == (1, 3, 3, 8, 8)
-    assert torch.equal(processor(videos=tchw)["pixel_values"], single)
-    batch = processor(videos=[thwc, _frames(2)])["pixel_values"]
-    assert batch.shape == (2, 3, 3, 8, 8)
-    assert torch.equal(batch[0], single[0])
-    assert processor(videos=np.stack([thwc, thwc]))["pixel_values"].shape == (2, 3, 3, 8, 8)
-
-
-def _write_video(path, num_frames: int, codec: str) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=10)
-        stream.width, stream.height = 32, 24
-        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
-        for frame in _frames(num_frames, size=(24, 32)):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-@pytest.mark.parametrize("codec, suffix", [("mpeg4", "mp4"), ("ffv1", "mkv")])  # ffv1: header without frame count
-def test_video_file_decoded_with_pyav(tmp_path, codec, suffix):
-    path = tmp_path / f"clip.{suffix}"
-    _write_video(path, 12, codec)
-    processor = MMImageProcessor(size=16, num_frames=4)
-    pixel_values = processor(videos=str(path), **RAW)["pixel_values"]
-    assert pixel_values.shape == (1, 4, 3, 24, 32)
-    # linspace(0, 11, 4) -> frames 0, 4, 7, 11 -> values 0, 40, 70, 110 (lossy codecs within a few levels).
-    assert _frame_values(pixel_values[0]) == pytest.approx([0, 40, 70, 110], abs=4)
-    batch = processor(videos=[str(path), path])["pixel_values"]
-    assert batch.shape == (2, 4, 3, 16, 16)
-    # `datasets`' undecoded form, from bytes or from a path.
-    from_bytes = processor(videos=[{"path": None, "bytes": path.read_bytes()}, {"path": str(path), "bytes": None}])
-    assert torch.equal(from_bytes["pixel_values"], batch)
-
-
-def test_bad_video_files_raise(tmp_path):
-    (tmp_path / "fake.mp4").write_text("not a video")
-    (tmp_path / "empty.mp4").write_bytes(b"")
-    processor = MMImageProcessor()
-    for name, message in [("fake.mp4", "Cannot decode video"), ("empty.mp4", "empty"), ("missing.mp4", "not found")]:
-        with pytest.raises(MMImageError, match=message) as info:
-            processor(videos=[str(tmp_path / name)])
-        assert str(tmp_path / name) in str(info.value)
-    with pytest.raises(MMImageError, match="no frames"):
-        processor(videos=[[]])
+def test_image_processor_videos_argument_kept_for_former_callers():
+    # The strict video decoder moved to `MMVideoProcessor`; the image processor delegates with its own settings.
+    processor = MMImageProcessor(size=8, do_normalize=False)
+    video = np.stack(_frames(10))
+    expected = MMVideoProcessor(size=8, do_normalize=False)(video)["pixel_values_videos"]
+    assert torch.equal(processor(videos=video)["pixel_values"], expected)
+    assert len(processor.load_video(video, num_frames=3)) == 3
     with pytest.raises(ValueError, match="not both"):
         processor(images=_random_rgb(4, 4), videos=_frames(2))
 
@@ -464,7 +425,6 @@ def test_image_processor_save_and_load(tmp_path):
         image_mean=[0.1, 0.2, 0.3],
         background_color=(1, 2, 3),
         max_image_pixels=1234567,
-        num_frames=5,
     )
     files = processor.save_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file() and len(files) == 1
@@ -475,10 +435,10 @@ def test_image_processor_save_and_load(tmp_path):
     assert _without_auto_map(json.loads(reloaded.to_json_string())) == _without_auto_map(
         json.loads(processor.to_json_string())
     )
-    assert reloaded.resample == PIL.Image.Resampling.BILINEAR and reloaded.num_frames == 5
+    assert reloaded.resample == PIL.Image.Resampling.BILINEAR and reloaded.background_color == (1, 2, 3)
     image = _random_rgb(30, 44)
     assert torch.equal(reloaded(image)["pixel_values"], processor(image)["pixel_values"])
-    assert MMImageProcessor.from_pretrained(tmp_path, num_frames=2).num_frames == 2
+    assert MMImageProcessor.from_pretrained(tmp_path, max_image_pixels=99).max_image_pixels == 99
 
 
 # ---------------------------------------------------------------------------------------------------- MMProcessor
@@ -491,10 +451,53 @@ def test_processor_returns_exactly_model_inputs(processor):
     assert out["pixel_values"].shape == (3, 3, 16, 16)
     assert out["input_ids"].shape == out["attention_mask"].shape and out["input_ids"].dtype == torch.long
     assert out["input_ids"][:, 0].tolist() == [processor.tokenizer.cls_token_id] * 3
-    assert processor.model_input_names == ["pixel_values", "input_ids", "attention_mask"]
+    assert processor.model_input_names == ["pixel_values", "input_ids", "attention_mask", "pixel_values_videos"]
     assert set(processor(text="hello")) == {"input_ids", "attention_mask"}
     assert set(processor(images=images[0])) == {"pixel_values"}
-    assert processor(videos=_frames(3), text="a clip")["pixel_values"].shape == (1, 8, 3, 16, 16)
+    clip = processor(videos=_frames(3), text="a clip")
+    assert set(clip) == {"input_ids", "attention_mask", "pixel_values_videos"}
+    assert clip["pixel_values_videos"].shape == (1, 8, 3, 16, 16)
+
+
+def test_processor_takes_images_and_videos_in_one_call(processor):
+    out = processor(images=[_random_rgb(20, 20), _random_rgb(9, 7)], videos=[_frames(3), _frames(5)], text=["a", "b"])
+    assert set(out) == {"input_ids", "attention_mask", "pixel_values", "pixel_values_videos"}
+    assert out["pixel_values"].shape == (2, 3, 16, 16) and out["pixel_values_videos"].shape == (2, 8, 3, 16, 16)
+    # Each part equals its sub-processor's own output.
+    images = processor.image_processor([_random_rgb(20, 20), _random_rgb(9, 7)])["pixel_values"]
+    assert torch.equal(out["pixel_values"], images)
+    videos = processor.video_processor([_frames(3), _frames(5)])["pixel_values_videos"]
+    assert torch.equal(out["pixel_values_videos"], videos)
+
+
+def test_processor_routes_kwargs_per_modality(processor):
+    image, video = _random_rgb(20, 20), _frames(6)
+    # Flat kwargs reach every sub-processor that takes them; `images_kwargs` / `videos_kwargs` only theirs.
+    flat = processor(images=image, videos=video, size={"height": 8, "width": 8}, num_frames=2)
+    assert flat["pixel_values"].shape == (1, 3, 8, 8) and flat["pixel_values_videos"].shape == (1, 2, 3, 8, 8)
+    routed = processor(
+        images=image, videos=video, images_kwargs={"size": {"height": 8, "width": 8}}, videos_kwargs={"num_frames": 3}
+    )
+    assert routed["pixel_values"].shape == (1, 3, 8, 8) and routed["pixel_values_videos"].shape == (1, 3, 3, 16, 16)
+    text = processor(text=["a red circle"], text_kwargs={"padding": "max_length", "max_length": 12})
+    assert text["input_ids"].shape == (1, 12)
+    assert processor(text="a", common_kwargs={"return_tensors": "np"})["input_ids"].__class__ is np.ndarray
+    # Image settings never reach the tokenizer, text settings never reach the image processor.
+    assert processor(images=image, text="a", padding="max_length", do_normalize=False)["input_ids"].shape == (1, 32)
+
+
+def test_image_processor_accepts_nested_lists_and_own_settings_per_call():
+    processor = MMImageProcessor(size=8)
+    nested = processor([[_random_rgb(9, 9, 1)], [_random_rgb(5, 7, 2)]])["pixel_values"]  # flattened, as transformers
+    assert torch.equal(nested, processor([_random_rgb(9, 9, 1), _random_rgb(5, 7, 2)])["pixel_values"])
+    gray = PIL.Image.new("L", (4, 4), 9)
+    with pytest.raises(MMImageError, match="do_convert_rgb=False"):
+        processor.preprocess(gray, do_convert_rgb=False)
+    rgba = PIL.Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    raw = processor.preprocess(rgba, background_color=(0, 10, 20), **RAW)
+    assert raw["pixel_values"][0, :, 0, 0].tolist() == [0, 10, 20]
+    with pytest.raises(MMImageError, match="max_image_pixels=10"):
+        processor.preprocess(gray, max_image_pixels=10)
 
 
 def test_processor_padding_and_truncation(processor, tokenizer):

@@ -11,7 +11,6 @@ import torch
 import torch.multiprocessing as mp
 
 from processing.collators import BadSampleCounter, DataCollatorForMMPretraining
-from processing.image_processing_mm import MMImageProcessor
 from processing.shards import (
     ShardError,
     ShardStream,
@@ -160,13 +159,15 @@ def test_column_flags_pick_shard_keys_and_json_fields(shard_dir):
 
 def test_streamed_rows_are_decoded_once_and_collate_by_stacking(shard_dir, processor, monkeypatch):
     calls = []
-    original = MMImageProcessor._open_image_file  # the decoder: every file / bytes decode goes through it
+    import processing.image_processing_mm as image_processing
 
-    def counting(self, source, index, path):
+    original = image_processing._open_image_file  # the decoder: every file / bytes decode goes through it
+
+    def counting(source, index, path, settings):
         calls.append(path)
-        return original(self, source, index, path)
+        return original(source, index, path, settings)
 
-    monkeypatch.setattr(MMImageProcessor, "_open_image_file", counting)
+    monkeypatch.setattr(image_processing, "_open_image_file", counting)
     stream = ShardStream(_pattern(shard_dir), num_epochs=1)
     rows = list(stream.to_iterable_dataset(processor, max_length=16))
     assert len(rows) == NUM_IMAGES and len(calls) == NUM_IMAGES and len(set(calls)) == NUM_IMAGES

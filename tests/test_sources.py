@@ -15,7 +15,6 @@ from processing.collators import (
     DataCollatorForMMPretraining,
     DataCollatorForVQA,
 )
-from processing.image_processing_mm import MMImageProcessor
 from processing.sources import MMDataArguments, load_mm_datasets, prepare_dataset
 from transformers import HfArgumentParser
 
@@ -102,14 +101,16 @@ def test_map_style_images_decode_once_per_epoch_and_texts_tokenise_once(tmp_path
     ready = prepare_dataset(train, processor, max_length=16)
     assert "input_ids" in ready.column_names  # tokenised in the cached map, not per batch
 
+    import processing.image_processing_mm as image_processing
+
     decodes = []
-    original = MMImageProcessor._open_image_file
+    original = image_processing._open_image_file  # the decoder: every file / bytes decode goes through it
 
-    def counting(self, source, index, path):
+    def counting(source, index, path, settings):
         decodes.append(path)
-        return original(self, source, index, path)
+        return original(source, index, path, settings)
 
-    monkeypatch.setattr(MMImageProcessor, "_open_image_file", counting)
+    monkeypatch.setattr(image_processing, "_open_image_file", counting)
     collator = DataCollatorForMMPretraining(processor, max_length=16, seed=0)
     loader = torch.utils.data.DataLoader(ready, batch_size=4, shuffle=True, collate_fn=collator)
     for _ in range(2):
