@@ -45,14 +45,14 @@ __all__ = [
 ]
 
 # The default explanation of each fusion style.
-METHODS: dict[str, str] = {"hybrid": "gradcam", "early": "rollout", "late": "similarity"}
+METHODS: dict[str, str] = {"hybrid": "gradcam", "coattention": "gradcam", "early": "rollout", "late": "similarity"}
 # Which fusion styles each method can explain.
 METHOD_FUSIONS: dict[str, tuple[str, ...]] = {
-    "gradcam": ("hybrid",),
+    "gradcam": ("hybrid", "coattention"),
     "rollout": ("early",),
-    "similarity": ("late", "hybrid"),
-    "itc_gradcam": ("late", "hybrid"),
-    "occlusion": ("late", "hybrid"),
+    "similarity": ("late", "hybrid", "coattention"),
+    "itc_gradcam": ("late", "hybrid", "coattention"),
+    "occlusion": ("late", "hybrid", "coattention"),
 }
 
 
@@ -82,6 +82,11 @@ class Relevance:
 
 def _base(model: nn.Module) -> MMModel:
     return model if isinstance(model, MMModel) else model.mm
+
+
+def _visual(inputs: dict) -> torch.Tensor:
+    """The processor's visual tensor: `pixel_values_videos` for a clip, `pixel_values` for an image."""
+    return inputs["pixel_values_videos"] if "pixel_values_videos" in inputs else inputs["pixel_values"]
 
 
 def _patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int, int, int]:
@@ -147,7 +152,8 @@ def _gradcam(
     with torch.enable_grad():
         # A leaf that needs grad anchors the graph even when every weight is frozen; the towers are not differentiated.
         image_hidden = image_hidden.detach().requires_grad_(True)
-        fused, cross = mm.fuse(text_hidden, attention_mask, image_hidden, output_attentions=True)
+        fusion = mm.fuse(text_hidden, attention_mask, image_hidden, output_attentions=True)
+        fused, cross = fusion.last_hidden_state, fusion.cross_attentions
         logits = model.itm_head(fused[:, 0])  # (B, 2)
         # Rows are independent in eval mode, so the gradient of the summed logits is each row's own gradient.
         attentions = [cross[i] for i in layers]  # each (B, heads, L, 1+N)
@@ -169,7 +175,8 @@ def _rollout(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Early fusion: attention rollout through the joint layers, read from the text [CLS]."""
     length = input_ids.shape[1]
-    hidden, attentions = _base(model).joint_encode(input_ids, pixel_values, attention_mask, output_attentions=True)
+    joint = _base(model).joint_encode(input_ids, pixel_values, attention_mask, output_attentions=True)
+    hidden, attentions = joint.last_hidden_state, joint.attentions
     from_cls = attention_rollout(attentions)[:, 0]  # (B, S): what the fused [CLS] draws from each input token
     # The joint sequence is [text ; image-CLS ; patches].
     return from_cls[:, length:], from_cls[:, :length] * words, model.itm_head(hidden[:, 0]).softmax(-1)[:, 1]
@@ -249,7 +256,7 @@ def _occlusion(
     # composite, a list of captions) runs them once per distinct image.
     images, pair_to_image = torch.unique(pixel_values.flatten(1), dim=0, return_inverse=True)
     images = images.view(-1, *pixel_values.shape[1:])  # (U, C, H, W) or (U, T, C, H, W)
-    image_embeds = mm.get_image_features(images)[pair_to_image]  # (B, P)
+    image_embeds = mm.embed_image(images)[pair_to_image]  # (B, P)
     scores = (image_embeds * text_embeds).sum(-1)
     frames, grid_h, grid_w = _patch_grid(model, pixel_values)
     num_patches = frames * grid_h * grid_w
@@ -257,7 +264,7 @@ def _occlusion(
     falls = torch.zeros(pixel_values.shape[0], 1 + num_patches, device=pixel_values.device)  # column 0: image [CLS]
     for patch in range(num_patches):
         keep = everything[everything != patch].expand(images.shape[0], -1)  # (U, N-1)
-        occluded = mm.get_image_features(images, image_keep_indices=keep)[pair_to_image]  # (B, P)
+        occluded = mm.embed_image(images, image_keep_indices=keep)[pair_to_image]  # (B, P)
         falls[:, 1 + patch] = scores - (occluded * text_embeds).sum(-1)
     tokens = (token_embeds @ image_embeds[..., None]).squeeze(-1)
     return falls, tokens, scores
@@ -384,7 +391,7 @@ def relevance_map(
     inputs = {k: v.to(device) for k, v in inputs.items()}
     words = word_mask(inputs["input_ids"], inputs["attention_mask"], processor.tokenizer.all_special_ids)
     relevance = compute_relevance(
-        model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], words, method, layer
+        model, inputs["input_ids"], inputs["attention_mask"], _visual(inputs), words, method, layer
     )
     patch_map = normalize_map(relevance.patch_maps[0])
     patch_map = patch_map if _is_clip(image) else patch_map[0]
@@ -508,7 +515,7 @@ def retrieval_scores(
                 texts = [query] * len(chunk) if text_query else chunk
                 images = chunk if text_query else [query] * len(chunk)
                 inputs = processor(images=images, text=texts).to(device)
-                hidden, _ = mm.joint_encode(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
+                hidden = mm.joint_encode(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]).last_hidden_state
                 scores.append(model.itm_head(hidden[:, 0]).softmax(-1)[:, 1])
             return torch.cat(scores).cpu()
 
@@ -518,9 +525,9 @@ def retrieval_scores(
                 chunk = items[start : start + batch_size]
                 if isinstance(chunk[0], str):
                     inputs = processor(text=chunk).to(device)
-                    out.append(mm.get_text_features(inputs["input_ids"], inputs["attention_mask"]))
+                    out.append(mm.embed_text(inputs["input_ids"], inputs["attention_mask"]))
                 else:
-                    out.append(mm.get_image_features(processor(images=chunk)["pixel_values"].to(device)))
+                    out.append(mm.embed_image(processor(images=chunk)["pixel_values"].to(device)))
             return torch.cat(out)
 
         return (embed(candidates) @ embed([query])[0]).cpu()

@@ -1,4 +1,4 @@
-"""Configuration classes for the MM multimodal model family (early, late and hybrid fusion)."""
+"""Configuration classes for the MM multimodal model family (early, late, hybrid and co-attention fusion)."""
 
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig
@@ -9,8 +9,10 @@ __all__ = [
     "MMEfficientNetLiteConfig",
     "MMTextConfig",
     "MMVisionConfig",
+    "CROSS_FUSIONS",
     "FUSION_OBJECTIVES",
     "DEFAULT_OBJECTIVES",
+    "TOWER_FUSIONS",
 ]
 
 
@@ -137,6 +139,8 @@ class MMTextConfig(PreTrainedConfig):
         layer_norm_eps (`float`): LayerNorm epsilon.
         initializer_range (`float`): Std of the truncated-normal weight init.
         pad_token_id (`int`): `[PAD]` id. bos_token_id (`int`): `[CLS]`, used as decoder start. eos_token_id (`int`): `[SEP]`.
+        use_cache (`bool`): Whether the captioning decoder (which shares this config's width) returns its key/value
+            cache for generation.
     """
 
     model_type = "mm_text_model"
@@ -157,6 +161,7 @@ class MMTextConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = 101
     eos_token_id: int | None = 102
+    use_cache: bool = True
 
     def __post_init__(self, **kwargs):
         _check_positive(
@@ -250,18 +255,25 @@ class MMEfficientNetLiteConfig(PreTrainedConfig):
         return len(self.stage_channels)
 
 
-# Which pretraining objectives each fusion style can serve. ITM and MLM need a fused representation (early, hybrid);
-# ITC needs separate unimodal embeddings (late, hybrid); captioning LM needs a vision tower to cross-attend to.
+# Which pretraining objectives each fusion style can serve. ITM and MLM need a fused representation (early, hybrid,
+# coattention); ITC needs separate unimodal embeddings (every style but early); captioning LM needs a vision tower to
+# cross-attend to.
 FUSION_OBJECTIVES: dict[str, tuple[str, ...]] = {
     "early": ("itm", "mlm"),
     "late": ("itc", "lm"),
     "hybrid": ("itc", "itm", "mlm", "lm"),
+    "coattention": ("itc", "itm", "mlm", "lm"),
 }
 DEFAULT_OBJECTIVES: dict[str, tuple[str, ...]] = {
     "early": ("itm", "mlm"),
     "late": ("itc",),
     "hybrid": ("itc", "itm", "mlm", "lm"),
+    "coattention": ("itc", "itm", "mlm", "lm"),
 }
+# Styles with two towers (unimodal features, ITC, a captioning decoder), and those of them with fusion layers after
+# the towers: one-way text-to-image cross-attention (hybrid) or two-way co-attention (LXMERT / ViLBERT).
+TOWER_FUSIONS: tuple[str, ...] = ("late", "hybrid", "coattention")
+CROSS_FUSIONS: tuple[str, ...] = ("hybrid", "coattention")
 
 
 def _build_sub_config(value, default_cls: type[PreTrainedConfig], key: str) -> PreTrainedConfig:
@@ -297,9 +309,11 @@ class MMConfig(PreTrainedConfig):
         text_config (`dict` or `PreTrainedConfig`): The text tower: an [`MMTextConfig`] or any transformers BERT-like
             encoder config (Bert, Roberta...).
         fusion (`str`): `"early"` (one joint Transformer over text tokens and image patches, ViLT-style; uses the text
-            config's layers and the vision config's patch geometry), `"late"` (dual encoder, CLIP-style) or `"hybrid"`
-            (both towers, then `num_fusion_layers` text layers that cross-attend to the image, ALBEF-style).
-        num_fusion_layers (`int`): Cross-attention fusion layers (hybrid only).
+            config's layers and the vision config's patch geometry), `"late"` (dual encoder, CLIP-style), `"hybrid"`
+            (both towers, then `num_fusion_layers` text layers that cross-attend to the image, ALBEF-style) or
+            `"coattention"` (both towers, then `num_fusion_layers` two-stream layers in which text attends to the
+            image and the image to the text, then each stream to itself: LXMERT's cross-modality encoder).
+        num_fusion_layers (`int`): Fusion layers (hybrid, coattention).
         num_decoder_layers (`int`): Layers of the image-conditioned captioning decoder (late and hybrid).
         projection_dim (`int`): Width of the shared ITC embedding space (late and hybrid).
         logit_scale_init_value (`float`): Initial log temperature of ITC; ln(1/0.07) as in CLIP.
@@ -349,8 +363,8 @@ class MMConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"MMConfig.{name} must be a non-negative integer, got {value!r}.")
-        if self.fusion == "hybrid" and self.num_fusion_layers < 1:
-            raise ValueError("MMConfig.num_fusion_layers must be >= 1 with fusion='hybrid'.")
+        if self.fusion in CROSS_FUSIONS and self.num_fusion_layers < 1:
+            raise ValueError(f"MMConfig.num_fusion_layers must be >= 1 with fusion={self.fusion!r}.")
         _check_probability(self, ("image_mask_ratio",), upper_inclusive=False)
         bias = self.logit_bias_init_value
         if bias is not None and (not isinstance(bias, (int, float)) or isinstance(bias, bool) or bias != bias):
@@ -405,4 +419,10 @@ class MMConfig(PreTrainedConfig):
 
     @property
     def vocab_size(self) -> int:
+        """The text vocabulary (`text_config.vocab_size`); setting it sets the text config's, as
+        `resize_token_embeddings` does on composite configs."""
         return self.text_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        self.text_config.vocab_size = value

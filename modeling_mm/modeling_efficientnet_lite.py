@@ -21,6 +21,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_mm import MMEfficientNetLiteConfig
 
@@ -219,8 +220,9 @@ class MMEfficientNetLiteModel(MMEfficientNetLitePreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.convolution
 
+    @can_return_tuple
     def forward(
-        self, pixel_values: torch.FloatTensor, output_hidden_states: bool = False, **kwargs
+        self, pixel_values: torch.FloatTensor, output_hidden_states: bool | None = None, **kwargs
     ) -> MMEfficientNetLiteModelOutput:
         r"""
         Args:
@@ -229,6 +231,8 @@ class MMEfficientNetLiteModel(MMEfficientNetLitePreTrainedModel):
             output_hidden_states (`bool`): Also return the stem's and every stage's feature map.
         """
         _check_images(pixel_values, self.config.num_channels)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         hidden_states = self.embeddings(pixel_values.to(self.embeddings.convolution.weight.dtype))  # (B, stem, H/2, W/2)
         feature_maps = (hidden_states,)
         for i, block in enumerate(self.blocks):
@@ -260,11 +264,12 @@ class MMEfficientNetLiteForImageClassification(MMEfficientNetLitePreTrainedModel
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
         labels: torch.LongTensor | None = None,
-        output_hidden_states: bool = False,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention:
         r"""
@@ -274,7 +279,7 @@ class MMEfficientNetLiteForImageClassification(MMEfficientNetLitePreTrainedModel
                 is returned when given.
             output_hidden_states (`bool`): Also return the stem's and every stage's feature map.
         """
-        outputs = self.efficientnet_lite(pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.efficientnet_lite(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
         loss = None
         if labels is not None:

@@ -1,4 +1,4 @@
-"""MM: one multimodal Transformer family with early, late and hybrid fusion.
+"""MM: one multimodal Transformer family with early, late, hybrid and co-attention fusion.
 
 Reading order: outputs -> attention -> layers -> embeddings -> towers (vision, text) -> captioning decoder ->
 `MMPreTrainedModel` -> `MMModel`. Task heads live in `modeling_mm_heads.py`, losses in `losses.py`.
@@ -6,6 +6,7 @@ Reading order: outputs -> attention -> layers -> embeddings -> towers (vision, t
 
 from collections.abc import Callable
 from dataclasses import dataclass
+import inspect
 import json
 import os
 import shutil
@@ -20,18 +21,22 @@ from transformers.configuration_utils import PreTrainedConfig
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_mm import MMConfig, MMEfficientNetLiteConfig, MMTextConfig, MMVisionConfig
+from .configuration_mm import CROSS_FUSIONS, TOWER_FUSIONS, MMConfig, MMEfficientNetLiteConfig, MMTextConfig, MMVisionConfig
+from .losses import contrastive_loss, next_token_targets, token_cross_entropy
 from .modeling_efficientnet_lite import MMEfficientNetLiteModel
 
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "MMCoAttentionLayer",
     "MMDecoderOutput",
+    "MMFusionOutput",
     "MMModel",
     "MMModelOutput",
     "MMPreTrainedModel",
@@ -63,10 +68,17 @@ class MMModelOutput(ModelOutput):
         text_last_hidden_state (`torch.FloatTensor` of shape `(batch, text_len, text_hidden)`): Text tower output.
         image_last_hidden_state (`torch.FloatTensor` of shape `(batch, patches, vision_hidden)`): Vision tower output
             (for video, `patches = 1 + frames * patches_per_frame`).
+        hidden_states (`tuple(torch.FloatTensor)`): The fused stream's input and the output of each of its layers,
+            `(batch, seq, hidden)` (early: joint layers; hybrid: fusion layers), with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`): Per fused layer, `(batch, heads, seq, seq)` self-attention (early,
+            hybrid), with `output_attentions=True`.
         cross_attentions (`tuple(torch.FloatTensor)`): Per fusion layer, `(batch, heads, text_len, patches)`
             attention of text over image (hybrid, with `output_attentions=True`).
-        attentions (`tuple(torch.FloatTensor)`): Per joint layer, `(batch, heads, seq, seq)` (early, with
-            `output_attentions=True`).
+        text_model_output (`BaseModelOutputWithPooling`): The text tower's output (late, hybrid, coattention), with
+            its own `hidden_states` / `attentions` when asked for.
+        vision_model_output (`BaseModelOutputWithPooling`): The vision tower's output, likewise.
+        fused_image_last_hidden_state (`torch.FloatTensor` of shape `(batch, patches, text_hidden)`): The image stream
+            after co-attention (coattention), in the text width.
     """
 
     loss: torch.FloatTensor | None = None
@@ -78,8 +90,42 @@ class MMModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     text_last_hidden_state: torch.FloatTensor | None = None
     image_last_hidden_state: torch.FloatTensor | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    fused_image_last_hidden_state: torch.FloatTensor | None = None
+
+    def to_tuple(self) -> tuple:
+        # Nested tower outputs become tuples too, so `return_dict=False` gives plain tuples all the way down (CLIP).
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class MMFusionOutput(ModelOutput):
+    r"""
+    Output of [`MMModel.fuse`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, text_len, hidden)`): The fused text stream (or
+            `(batch, Q, hidden)` at the asked `output_positions`).
+        hidden_states, attentions (`tuple(torch.FloatTensor)`): The text stream's, per fusion layer, when asked for.
+        cross_attentions (`tuple(torch.FloatTensor)`): Text over image, `(batch, heads, text_len, patches)` per layer.
+        image_last_hidden_state (`torch.FloatTensor` of shape `(batch, patches, hidden)`): The fused image stream
+            (coattention).
+        image_hidden_states, image_attentions, image_cross_attentions (`tuple(torch.FloatTensor)`): The image stream's
+            states, self-attention and attention over the text, per layer (coattention, when asked for).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_last_hidden_state: torch.FloatTensor | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -91,11 +137,15 @@ class MMDecoderOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch, text_len, vocab)`): Next-token scores.
         cache (`Cache`): Self- and cross-attention key/values for fast generation.
         last_hidden_state (`torch.FloatTensor` of shape `(batch, text_len, hidden)`): Final decoder states.
+        hidden_states, attentions, cross_attentions (`tuple(torch.FloatTensor)`): Per decoder layer, when asked for.
     """
 
     logits: torch.FloatTensor | None = None
     cache: Cache | None = None
     last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -300,6 +350,121 @@ class MMLayer(GradientCheckpointingLayer):
         return hidden_states, self_weights, cross_weights
 
 
+class MMCoAttentionLayer(GradientCheckpointingLayer):
+    """LXMERT's cross-modality layer (Tan & Bansal 2019, Sec. 2.2), pre-LN: the text attends to the image and the image
+    to the text, both from the layer's input states, then each stream attends to itself and runs its MLP. ViLBERT's
+    co-attention block is the same exchange. Built from `MMAttention` / `MMMLP`, so attention kernels, checkpointing
+    and LoRA target names (`q_proj`, `v_proj`) are those of every other layer. Both streams have the text width.
+
+    `update_image=False` builds a layer that updates only the text (the image is still read): the last layer of the
+    stack is built so, because every head reads the fused text ([CLS], masked tokens) and nothing would read (or
+    train) the last image update."""
+
+    def __init__(self, config: PreTrainedConfig, layer_idx: int | None = None, update_image: bool = True):
+        super().__init__()
+        width, eps = config.hidden_size, config.layer_norm_eps
+        self.update_image = update_image
+        self.text_cross_norm = nn.LayerNorm(width, eps=eps)
+        self.text_cross_attn = MMAttention(config, is_cross_attention=True, layer_idx=layer_idx)
+        self.image_cross_norm = nn.LayerNorm(width, eps=eps)
+        self.text_self_norm = nn.LayerNorm(width, eps=eps)
+        self.text_self_attn = MMAttention(config, layer_idx=layer_idx)
+        self.text_mlp_norm = nn.LayerNorm(width, eps=eps)
+        self.text_mlp = MMMLP(config)
+        if update_image:
+            self.image_cross_attn = MMAttention(config, is_cross_attention=True, layer_idx=layer_idx)
+            self.image_self_norm = nn.LayerNorm(width, eps=eps)
+            self.image_self_attn = MMAttention(config, layer_idx=layer_idx)
+            self.image_mlp_norm = nn.LayerNorm(width, eps=eps)
+            self.image_mlp = MMMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        image_to_text_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        """`text` `(B, L, D)`, `image` `(B, N, D)`; `text_mask` the text self-attention mask, `image_to_text_mask`
+        the image queries' mask over text keys (padding). Returns both streams and the four attention maps
+        `(text self, image self, text over image, image over text)` (None unless `output_attentions`)."""
+        text_normed, image_normed = self.text_cross_norm(text), self.image_cross_norm(image)
+        # Each cross-attention reads the other stream's input to this layer, so neither sees the other's update first.
+        text_cross, text_over_image = self.text_cross_attn(
+            text_normed, None, key_value_states=image_normed, output_attentions=output_attentions
+        )
+        text = text + self.dropout(text_cross)
+        text_self, text_weights = self.text_self_attn(
+            self.text_self_norm(text), text_mask, output_attentions=output_attentions
+        )
+        text = text + self.dropout(text_self)
+        text = text + self.dropout(self.text_mlp(self.text_mlp_norm(text)))
+        if not self.update_image:
+            return text, image, (text_weights, None, text_over_image, None)
+        image_cross, image_over_text = self.image_cross_attn(
+            image_normed, image_to_text_mask, key_value_states=text_normed, output_attentions=output_attentions
+        )
+        image = image + self.dropout(image_cross)
+        image_self, image_weights = self.image_self_attn(
+            self.image_self_norm(image), None, output_attentions=output_attentions
+        )
+        image = image + self.dropout(image_self)
+        image = image + self.dropout(self.image_mlp(self.image_mlp_norm(image)))
+        return text, image, (text_weights, image_weights, text_over_image, image_over_text)
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    cache: Cache | None = None,
+    output_attentions: bool = False,
+    output_hidden_states: bool = False,
+    encoder_index: torch.LongTensor | None = None,
+    last_positions: torch.LongTensor | None = None,
+) -> BaseModelOutputWithCrossAttentions:
+    """Runs a stack of `MMLayer`s (every tower, fusion stack and decoder uses this loop). `hidden_states` collects the
+    stack's input and each layer's output (before any final LayerNorm, as CLIP's encoder does); `last_positions`
+    `(B, Q)` makes the last layer compute only those positions (see `MMLayer.forward`)."""
+    all_hidden = () if output_hidden_states else None
+    self_attentions = () if output_attentions else None
+    cross_attentions = () if output_attentions and len(layers) and layers[0].has_cross_attention else None
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        if output_hidden_states:
+            all_hidden += (hidden_states,)
+        hidden_states, self_weights, cross_weights = layer(
+            hidden_states,
+            attention_mask,
+            encoder_hidden_states,
+            None,
+            cache,
+            output_attentions,
+            encoder_index,
+            last_positions if i == last else None,
+        )
+        if output_attentions:
+            self_attentions += (self_weights,)
+            if cross_attentions is not None:
+                cross_attentions += (cross_weights,)
+    if output_hidden_states:
+        all_hidden += (hidden_states,)
+    return BaseModelOutputWithCrossAttentions(
+        last_hidden_state=hidden_states,
+        hidden_states=all_hidden,
+        attentions=self_attentions,
+        cross_attentions=cross_attentions,
+    )
+
+
+def _flag(value: bool | None, config: PreTrainedConfig, name: str) -> bool:
+    """An `output_*` argument, defaulting to the config's field (transformers' convention)."""
+    return bool(getattr(config, name, False)) if value is None else bool(value)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Embeddings
 # ----------------------------------------------------------------------------------------------------------------------
@@ -374,7 +539,9 @@ class MMVisionEmbeddings(nn.Module):
         if self.stem is not None:
             pixel_values = self.stem(pixel_values)
         positions = self._patch_positions(height, width)  # (1, N, D)
-        if video:
+        if self.temporal_embedding is not None:
+            # An image is a one-frame clip: it gets frame 0's embedding (zero-initialised, so an image checkpoint
+            # loads unchanged), which also keeps the parameter in use when a video model trains on images.
             positions = (positions.unsqueeze(1) + self.temporal_embedding[:, :frames]).flatten(1, 2)  # (1, T*N, D)
         tokens = positions.shape[1]
         if keep_indices is None:
@@ -531,6 +698,8 @@ class MMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    # Co-attention models add "MMCoAttentionLayer" (in `__init__`): accelerate's FSDP wrap refuses a listed class the
+    # model does not contain.
     _no_split_modules = ["MMLayer", "MMVisionEmbeddings", "MMTextEmbeddings"]
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -596,13 +765,16 @@ class MMPreTrainedModel(PreTrainedModel):
             name = "vision_model" if key == "vision_config" else "text_model"
             if name == "vision_model" and config.fusion == "early":
                 raise ValueError("fusion='early' embeds patches itself; load a text tower only.")
-            missing, unexpected = getattr(base, name).load_state_dict(tower.state_dict(), strict=False)
+            target = getattr(base, name, None)
+            if target is None:
+                continue  # a head built without this tower (captioning: the decoder has its own embeddings)
+            missing, unexpected = target.load_state_dict(tower.state_dict(), strict=False)
             if missing or unexpected:
                 raise ValueError(f"Could not load the {name} weights: missing {missing}, unexpected {unexpected}.")
         # The captioning decoder starts from the text tower's word embeddings when the shapes agree.
         decoder = getattr(model, "text_decoder", None)
         if decoder is not None and "text_config" in towers:
-            source = base.text_model.get_input_embeddings().weight
+            source = towers["text_config"].get_input_embeddings().weight
             if source.shape == decoder.embeddings.word_embeddings.weight.shape:
                 with torch.no_grad():
                     decoder.embeddings.word_embeddings.weight.copy_(source)
@@ -618,6 +790,11 @@ class MMPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self._auto_class is not None and _is(self.config, MMConfig) and kwargs.get("is_main_process", True):
             write_remote_code(save_directory)
+
+    def __init__(self, config: PreTrainedConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        if getattr(config, "fusion", None) == "coattention":
+            self._no_split_modules = [*type(self)._no_split_modules, "MMCoAttentionLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
@@ -667,32 +844,44 @@ class MMVisionModel(MMPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embedding
 
+    @can_return_tuple
     def forward(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None = None,
         image_keep_indices: torch.LongTensor | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         pooled_only: bool = False,
+        pixel_values_videos: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
-        pooled_only (`bool`): Compute only `pooler_output` (the `[CLS]` state): the last layer then runs its queries,
-            attention output and MLP for `[CLS]` alone, and `last_hidden_state` is `None`. Used for embeddings.
+        Args:
+            pixel_values (`(B, C, H, W)` or `(B, T, C, H, W)`): Images, or video frames.
+            image_keep_indices (`(B, K)`): Patch indices to keep (FLIP).
+            pooled_only (`bool`): Compute only `pooler_output` (the `[CLS]` state): the last layer then runs its
+                queries, attention output and MLP for `[CLS]` alone, and `last_hidden_state` is `None`. Ignored when
+                hidden states are asked for.
+            pixel_values_videos (`(B, T, C, H, W)`): Video frames (the processor's key for videos).
         """
+        pixel_values = visual_input(pixel_values, pixel_values_videos)
+        output_attentions = _flag(output_attentions, self.config, "output_attentions")
+        output_hidden_states = _flag(output_hidden_states, self.config, "output_hidden_states")
+        pooled_only = pooled_only and not output_hidden_states
         hidden_states, _ = self.embeddings(pixel_values, keep_indices=image_keep_indices)  # (B, 1+N, D)
-        cls_only = _cls_positions(hidden_states) if pooled_only else None
-        attentions = ()
-        for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            hidden_states, weights, _ = layer(
-                hidden_states, None, output_attentions=output_attentions, query_positions=cls_only if last else None
-            )
-            attentions += (weights,)
-        hidden_states = self.post_layernorm(hidden_states)
+        out = run_layers(
+            self.layers,
+            hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            last_positions=_cls_positions(hidden_states) if pooled_only else None,
+        )
+        hidden_states = self.post_layernorm(out.last_hidden_state)
         return BaseModelOutputWithPooling(
             last_hidden_state=None if pooled_only else hidden_states,
             pooler_output=hidden_states[:, 0],
-            attentions=attentions if output_attentions else None,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
 
 
@@ -722,40 +911,59 @@ class MMTextModel(MMPreTrainedModel):
         attention_mask: torch.Tensor | None,
         output_attentions: bool = False,
         output_positions: torch.LongTensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
         """Runs the layers over already-embedded tokens with a 2D `(B, L)` padding mask; with `output_positions`
-        `(B, Q)`, only those positions are returned and the last layer computes nothing else."""
+        `(B, Q)`, only those positions are returned and the last layer computes nothing else. `last_hidden_state` is
+        after the final LayerNorm; `hidden_states` (when asked for) before it."""
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
-        attentions = ()
-        for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            hidden_states, weights, _ = layer(
-                hidden_states, mask, output_attentions=output_attentions, query_positions=output_positions if last else None
-            )
-            attentions += (weights,)
-        return self.final_layer_norm(hidden_states), attentions
+        out = run_layers(
+            self.layers,
+            hidden_states,
+            mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            last_positions=output_positions,
+        )
+        out.last_hidden_state = self.final_layer_norm(out.last_hidden_state)
+        return out
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         pooled_only: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
-        pooled_only (`bool`): Compute only `pooler_output` (the `[CLS]` state); `last_hidden_state` is `None`.
+        Args:
+            input_ids, attention_mask, token_type_ids (`(B, L)`): Tokens from the processor.
+            pooled_only (`bool`): Compute only `pooler_output` (the `[CLS]` state); `last_hidden_state` is `None`.
+                Ignored when hidden states are asked for.
         """
+        if input_ids is None:
+            raise ValueError("MMTextModel needs input_ids.")
+        output_attentions = _flag(output_attentions, self.config, "output_attentions")
+        output_hidden_states = _flag(output_hidden_states, self.config, "output_hidden_states")
+        pooled_only = pooled_only and not output_hidden_states
         _check_input_ids(input_ids, self.config.vocab_size)
         embedded = self.embeddings(input_ids, token_type_ids)
-        hidden_states, attentions = self.encode(
-            embedded, attention_mask, output_attentions, _cls_positions(embedded) if pooled_only else None
+        out = self.encode(
+            embedded,
+            attention_mask,
+            output_attentions,
+            _cls_positions(embedded) if pooled_only else None,
+            output_hidden_states,
         )
         return BaseModelOutputWithPooling(
-            last_hidden_state=None if pooled_only else hidden_states,
-            pooler_output=hidden_states[:, 0],
-            attentions=attentions if output_attentions else None,
+            last_hidden_state=None if pooled_only else out.last_hidden_state,
+            pooler_output=out.last_hidden_state[:, 0],
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
 
 
@@ -842,6 +1050,9 @@ class MMTextDecoder(nn.Module):
     def __init__(self, config: MMConfig):
         super().__init__()
         self.config = _text_layer_config(config)
+        if self.config._attn_implementation is None:
+            # No text tower resolved the kernel for this config (the captioning head builds none): the model's applies.
+            self.config._attn_implementation_internal = config._attn_implementation
         vision_hidden = config.vision_config.hidden_size
         self.embeddings = MMTextEmbeddings(self.config)
         self.layers = nn.ModuleList(
@@ -865,6 +1076,7 @@ class MMTextDecoder(nn.Module):
         compute_logits: bool = True,
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool = False,
     ) -> MMDecoderOutput:
         """`compute_logits=False` returns only the hidden states, for callers that score a subset of positions;
         `logits_to_keep` (transformers' convention) projects only the last N positions (0: all) or the given ones."""
@@ -892,16 +1104,43 @@ class MMTextDecoder(nn.Module):
             cache=cache.self_attention_cache if cache is not None else None,
             position_ids=torch.arange(past_length, past_length + length, device=input_ids.device)[None],
         )
-        for layer in self.layers:
-            hidden_states, _, _ = layer(
-                hidden_states, causal_mask, encoder_hidden_states, None, cache, output_attentions
-            )
-        hidden_states = self.final_layer_norm(hidden_states)
+        out = run_layers(
+            self.layers,
+            hidden_states,
+            causal_mask,
+            encoder_hidden_states,
+            cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = self.final_layer_norm(out.last_hidden_state)
         logits = None
         if compute_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(hidden_states[:, keep])
-        return MMDecoderOutput(logits=logits, cache=cache, last_hidden_state=hidden_states)
+        return MMDecoderOutput(
+            logits=logits,
+            cache=cache,
+            last_hidden_state=hidden_states,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+    def lm_loss(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.LongTensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captioning loss of `labels` `(B, L)` (-100 ignored) and the logits `(N_targets, V)` of the positions that
+        have a next-token target, in row-major order: only those rows are projected onto the vocabulary."""
+        hidden = self(input_ids, encoder_hidden_states, attention_mask, compute_logits=False).last_hidden_state
+        targets = next_token_targets(labels)  # (B, L)
+        scored = targets != -100
+        logits = self.lm_head(hidden[scored])  # (N_targets, V)
+        return token_cross_entropy(logits, targets[scored]), logits
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -915,6 +1154,8 @@ class MMModel(MMPreTrainedModel):
 
     - **late**: `vision_model` + `text_model` + `visual_projection` / `text_projection` + learnable temperature.
     - **hybrid**: the late parts plus `fusion_layers`, text layers that cross-attend to the image patches.
+    - **coattention**: the late parts plus `fusion_layers`, two-stream LXMERT layers (text and image attend to each
+      other, then to themselves).
     - **early**: `vision_embeddings` (patches projected into the text width) + `text_model`, whose layers run over
       the joint `[text ; image]` sequence with modality-type embeddings (ViLT / VisualBERT style).
 
@@ -924,34 +1165,62 @@ class MMModel(MMPreTrainedModel):
 
     _checkpoint_conversion_mapping = {}
 
-    def __init__(self, config: MMConfig):
+    def __init__(
+        self,
+        config: MMConfig,
+        add_text_model: bool = True,
+        add_projections: bool = True,
+        add_fusion_layers: bool = True,
+    ):
+        r"""
+        Args:
+            config ([`MMConfig`]): The model configuration.
+            add_text_model, add_projections, add_fusion_layers (`bool`): Build the text tower, the ITC projections and
+                temperature, and the hybrid fusion layers. A head that never reads a part leaves it out (the
+                captioning head needs only the vision tower; the classifiers no projections), so it carries no
+                parameter its loss does not train. Early fusion always needs its text layers.
+        """
         super().__init__(config)
         self.fusion = config.fusion
         text_hidden = config.text_config.hidden_size
         vision_hidden = config.vision_config.hidden_size
-        self.text_model = _build_tower(config.text_config)
+        if add_text_model or config.fusion == "early":
+            # Left unset otherwise (not None): code that looks for a `text_model` sub-model finds none.
+            self.text_model = _build_tower(config.text_config)
         self.logit_scale = None
         self.modality_type_embeddings = None
+        self.visual_projection = self.text_projection = None
+        self.fusion_layers = None
         if config.fusion == "early":
             self.vision_embeddings = MMVisionEmbeddings(config.vision_config, hidden_size=text_hidden)
             self.modality_type_embeddings = nn.Embedding(2, text_hidden)
         else:
             self.vision_model = _build_tower(config.vision_config)
-            self.visual_projection = nn.Linear(vision_hidden, config.projection_dim, bias=False)
-            self.text_projection = nn.Linear(text_hidden, config.projection_dim, bias=False)
-            self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        if config.fusion == "hybrid":
+            if add_projections:
+                self.visual_projection = nn.Linear(vision_hidden, config.projection_dim, bias=False)
+                self.text_projection = nn.Linear(text_hidden, config.projection_dim, bias=False)
+                self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        if config.fusion in CROSS_FUSIONS and add_fusion_layers:
             layer_config = _text_layer_config(config)
-            self.fusion_layers = nn.ModuleList(
-                [
-                    MMLayer(layer_config, cross_attention_hidden_size=vision_hidden, layer_idx=i)
-                    for i in range(config.num_fusion_layers)
-                ]
-            )
+            if config.fusion == "hybrid":
+                layers = [MMLayer(layer_config, cross_attention_hidden_size=vision_hidden, layer_idx=i)
+                          for i in range(config.num_fusion_layers)]
+            else:
+                last = config.num_fusion_layers - 1
+                layers = [MMCoAttentionLayer(layer_config, layer_idx=i, update_image=i < last)
+                          for i in range(config.num_fusion_layers)]
+                # The image stream runs in the text width; a wider or narrower tower is projected into it first, as
+                # LXMERT projects its visual features.
+                self.fusion_image_projection = (
+                    nn.Linear(vision_hidden, text_hidden) if vision_hidden != text_hidden else None
+                )
+            self.fusion_layers = nn.ModuleList(layers)
             self.fusion_layer_norm = nn.LayerNorm(text_hidden, eps=layer_config.layer_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
+        if not hasattr(self, "text_model"):
+            return None
         return self.text_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
@@ -963,36 +1232,50 @@ class MMModel(MMPreTrainedModel):
         if self.fusion not in fusion_styles:
             raise ValueError(f"{what} needs fusion in {fusion_styles}; this model has fusion={self.fusion!r}.")
 
+    def _require_part(self, part: nn.Module | None, name: str, what: str) -> None:
+        if part is None:
+            raise ValueError(f"{what} needs the {name}, which this model was built without.")
+
     def encode_image(
         self,
         pixel_values: torch.FloatTensor,
         image_keep_indices: torch.LongTensor | None = None,
         output_attentions: bool = False,
         pooled_only: bool = False,
+        output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPooling:
         """Runs the vision tower on images `(B, C, H, W)` or frames `(B, T, C, H, W)`. `pooled_only`: the caller
         reads only `pooler_output`, which lets the built-in tower skip most of its last layer (`last_hidden_state`
         is then `None`; other towers run whole)."""
-        self._require(("late", "hybrid"), "encode_image")
+        self._require(TOWER_FUSIONS, "encode_image")
         _check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", None))
         if isinstance(self.vision_model, MMVisionModel):
             return self.vision_model(
                 pixel_values,
                 image_keep_indices=image_keep_indices,
                 output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
                 pooled_only=pooled_only,
+                return_dict=True,
             )
         if image_keep_indices is not None:
             raise ValueError("image_keep_indices (FLIP) needs the built-in MMVisionModel tower.")
+        flags = _tower_flags(self.vision_model, output_attentions, output_hidden_states)
         if pixel_values.ndim == 5:
             # Foreign image towers see a clip as T images; their tokens are concatenated and the pooled states averaged.
             batch, frames = pixel_values.shape[:2]
-            out = self.vision_model(pixel_values=pixel_values.flatten(0, 1))
+            out = self.vision_model(pixel_values=pixel_values.flatten(0, 1), **flags)
             hidden = out.last_hidden_state.reshape(batch, -1, out.last_hidden_state.shape[-1])
             pooled = _pooled(out).reshape(batch, frames, -1).mean(1)
-            return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
-        out = self.vision_model(pixel_values=pixel_values)
-        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=_pooled(out))
+            return BaseModelOutputWithPooling(
+                last_hidden_state=hidden, pooler_output=pooled, hidden_states=out.get("hidden_states"),
+                attentions=out.get("attentions"),
+            )
+        out = self.vision_model(pixel_values=pixel_values, **flags)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=out.last_hidden_state, pooler_output=_pooled(out),
+            hidden_states=out.get("hidden_states"), attentions=out.get("attentions"),
+        )
 
     def encode_text(
         self,
@@ -1000,36 +1283,98 @@ class MMModel(MMPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pooled_only: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
     ) -> BaseModelOutputWithPooling:
         """Runs the text tower. The pooled state is the tower's own `pooler_output` where it makes one (CLIP's EOS
         token, SigLIP's head over the last token); else the `[CLS]` token (BERT-style towers, built without their
         randomly initialised pooler). `pooled_only` as in `encode_image`."""
-        self._require(("late", "hybrid"), "encode_text")
+        self._require(TOWER_FUSIONS, "encode_text")
+        self._require_part(getattr(self, "text_model", None), "text tower", "encode_text")
         _check_text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids)
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        kwargs.update(_tower_flags(self.text_model, output_attentions, output_hidden_states))
         if isinstance(self.text_model, MMTextModel):
             kwargs["pooled_only"] = pooled_only
-        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         if isinstance(self.text_model, MMTextModel):
             return out
-        return BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=_pooled(out))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=out.last_hidden_state, pooler_output=_pooled(out),
+            hidden_states=out.get("hidden_states"), attentions=out.get("attentions"),
+        )
 
-    def get_image_features(
-        self, pixel_values: torch.FloatTensor, image_keep_indices: torch.LongTensor | None = None
-    ) -> torch.FloatTensor:
-        """L2-normalised projected image embeddings `(B, projection_dim)`."""
-        pooled = self.encode_image(pixel_values, image_keep_indices, pooled_only=True).pooler_output
+    def project_image(self, pooled: torch.Tensor) -> torch.FloatTensor:
+        """L2-normalised ITC embedding `(B, projection_dim)` of pooled vision states `(B, Dv)`."""
+        self._require_part(self.visual_projection, "ITC projections", "project_image")
         return nn.functional.normalize(self.visual_projection(pooled), dim=-1)
 
+    def project_text(self, pooled: torch.Tensor) -> torch.FloatTensor:
+        """L2-normalised ITC embedding `(B, projection_dim)` of pooled text states `(B, Dt)`."""
+        self._require_part(self.text_projection, "ITC projections", "project_text")
+        return nn.functional.normalize(self.text_projection(pooled), dim=-1)
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        image_keep_indices: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The vision tower's output with `pooler_output` replaced by the L2-normalised projected image embedding
+        `(B, projection_dim)` (transformers 5.x returns the tower output this way; ours is already normalised, so
+        normalising again, as CLIP users do, changes nothing)."""
+        pixel_values = visual_input(pixel_values, pixel_values_videos)
+        out = self.encode_image(
+            pixel_values,
+            image_keep_indices,
+            output_attentions=_flag(output_attentions, self.config, "output_attentions"),
+            output_hidden_states=_flag(output_hidden_states, self.config, "output_hidden_states"),
+        )
+        out.pooler_output = self.project_image(out.pooler_output)
+        return out
+
+    @can_return_tuple
     def get_text_features(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The text tower's output with `pooler_output` replaced by the L2-normalised projected text embedding
+        `(B, projection_dim)`."""
+        out = self.encode_text(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_attentions=_flag(output_attentions, self.config, "output_attentions"),
+            output_hidden_states=_flag(output_hidden_states, self.config, "output_hidden_states"),
+        )
+        out.pooler_output = self.project_text(out.pooler_output)
+        return out
+
+    def embed_image(
+        self, pixel_values: torch.FloatTensor, image_keep_indices: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        """Just the L2-normalised ITC image embeddings `(B, projection_dim)`, the fast way: the built-in tower's last
+        layer computes only the `[CLS]` state (retrieval galleries, zero-shot, explanations)."""
+        return self.project_image(self.encode_image(pixel_values, image_keep_indices, pooled_only=True).pooler_output)
+
+    def embed_text(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
     ) -> torch.FloatTensor:
-        """L2-normalised projected text embeddings `(B, projection_dim)`."""
+        """Just the L2-normalised ITC text embeddings `(B, projection_dim)`, computed as in `embed_image`."""
         pooled = self.encode_text(input_ids, attention_mask, token_type_ids, pooled_only=True).pooler_output
-        return nn.functional.normalize(self.text_projection(pooled), dim=-1)
+        return self.project_text(pooled)
 
     def clamped_logit_scale(self) -> torch.Tensor:
         # CLIP clamps the learned temperature at 100 so the logits cannot blow up.
@@ -1045,31 +1390,85 @@ class MMModel(MMPreTrainedModel):
         output_attentions: bool = False,
         image_index: torch.LongTensor | None = None,
         output_positions: torch.LongTensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Hybrid fusion: text states `(B, L, Dt)` cross-attend to image states `(B, N, Dv)`; returns `(B, L, Dt)`.
-        With `image_index` `(B,)`, text row i attends to `image_hidden[image_index[i]]` (images projected once).
-        With `output_positions` `(B, Q)`, only those positions are returned, `(B, Q, Dt)`, and the last layer computes
-        nothing else (e.g. `[CLS]` for ITM, the masked tokens for MLM)."""
-        self._require(("hybrid",), "fuse")
+        output_hidden_states: bool = False,
+    ) -> MMFusionOutput:
+        """Fusion of text states `(B, L, Dt)` with image states `(B, N, Dv)`; `last_hidden_state` `(B, L, Dt)`.
+        Hybrid: the text cross-attends to the image. Coattention: both streams attend to each other (the image stream
+        is returned too). With `image_index` `(B,)`, text row i is paired with `image_hidden[image_index[i]]` (images
+        projected once). With `output_positions` `(B, Q)`, only those text positions are returned, `(B, Q, Dt)`; in
+        hybrid fusion the last layer then computes nothing else (e.g. `[CLS]` for ITM, the masked tokens for MLM)."""
+        self._require(CROSS_FUSIONS, "fuse")
+        self._require_part(self.fusion_layers, "fusion layers", "fuse")
+        if self.fusion == "coattention":
+            return self._coattend(
+                text_hidden, attention_mask, image_hidden, output_attentions, image_index, output_positions,
+                output_hidden_states,
+            )
         mask = create_bidirectional_mask(
             config=self.fusion_layers[0].self_attn.config, inputs_embeds=text_hidden, attention_mask=attention_mask
         )
-        cross_attentions = ()
-        hidden_states = text_hidden
-        last = len(self.fusion_layers) - 1
-        for i, layer in enumerate(self.fusion_layers):
-            hidden_states, _, cross = layer(
-                hidden_states,
-                mask,
-                image_hidden,
-                None,
-                None,
-                output_attentions,
-                image_index,
-                output_positions if i == last else None,
-            )
-            cross_attentions += (cross,)
-        return self.fusion_layer_norm(hidden_states), cross_attentions
+        out = run_layers(
+            self.fusion_layers,
+            text_hidden,
+            mask,
+            image_hidden,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            encoder_index=image_index,
+            last_positions=output_positions,
+        )
+        return MMFusionOutput(
+            last_hidden_state=self.fusion_layer_norm(out.last_hidden_state),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cross_attentions=out.cross_attentions,
+        )
+
+    def _coattend(
+        self,
+        text: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image: torch.Tensor,
+        output_attentions: bool,
+        image_index: torch.LongTensor | None,
+        output_positions: torch.LongTensor | None,
+        output_hidden_states: bool,
+    ) -> MMFusionOutput:
+        if self.fusion_image_projection is not None:
+            image = self.fusion_image_projection(image)  # (B_img, N, Dv) -> (B_img, N, Dt), once per image
+        if image_index is not None:
+            image = image.index_select(0, image_index)  # (B, N, Dt): each pair's own image stream
+        config = self.fusion_layers[0].text_self_attn.config
+        text_mask = create_bidirectional_mask(config=config, inputs_embeds=text, attention_mask=attention_mask)
+        image_to_text_mask = create_bidirectional_mask(
+            config=config, inputs_embeds=image, attention_mask=attention_mask, encoder_hidden_states=text
+        )
+        maps: dict[str, tuple] = {k: () for k in ("text", "image", "text_cross", "image_cross")}
+        text_states, image_states = ((text,), (image,)) if output_hidden_states else (None, None)
+        for layer in self.fusion_layers:
+            text, image, weights = layer(text, image, text_mask, image_to_text_mask, output_attentions)
+            if output_attentions:
+                for key, value in zip(maps, weights):
+                    if value is not None:
+                        maps[key] += (value,)
+            if output_hidden_states:
+                text_states += (text,)
+                if layer.update_image:
+                    image_states += (image,)
+        text = self.fusion_layer_norm(text)
+        if output_positions is not None:
+            text = text.gather(1, output_positions.unsqueeze(-1).expand(-1, -1, text.shape[-1]))  # (B, Q, Dt)
+        return MMFusionOutput(
+            last_hidden_state=text,
+            hidden_states=text_states,
+            attentions=maps["text"] if output_attentions else None,
+            cross_attentions=maps["text_cross"] if output_attentions else None,
+            # The image states the last layer's text attended to (that layer does not update the image).
+            image_last_hidden_state=self.fusion_layers[-1].image_cross_norm(image),
+            image_hidden_states=image_states,
+            image_attentions=maps["image"] if output_attentions else None,
+            image_cross_attentions=maps["image_cross"] if output_attentions else None,
+        )
 
     def joint_encode(
         self,
@@ -1078,8 +1477,11 @@ class MMModel(MMPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Early fusion: one Transformer over `[text ; image]`; returns `(B, L + 1 + patches, D)`."""
+        output_hidden_states: bool = False,
+        output_positions: torch.LongTensor | None = None,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """Early fusion: one Transformer over `[text ; image]`; `last_hidden_state` `(B, L + 1 + patches, D)` (or
+        `(B, Q, D)` at `output_positions`)."""
         self._require(("early",), "joint_encode")
         _check_text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids)
         _check_pixel_values(pixel_values, self.config.vision_config.num_channels)
@@ -1095,11 +1497,16 @@ class MMModel(MMPreTrainedModel):
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
         return self.text_model.encode(
-            torch.cat([text, image], dim=1), torch.cat([attention_mask, image_mask], dim=1), output_attentions
+            torch.cat([text, image], dim=1),
+            torch.cat([attention_mask, image_mask], dim=1),
+            output_attentions,
+            output_positions,
+            output_hidden_states,
         )
 
     # -- forward ------------------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1108,73 +1515,123 @@ class MMModel(MMPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         image_keep_indices: torch.LongTensor | None = None,
         return_loss: bool | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MMModelOutput:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(B, L)`): Token ids from the processor.
-            pixel_values (`torch.FloatTensor` of shape `(B, C, H, W)` or `(B, T, C, H, W)`): Images or video frames.
+            pixel_values (`torch.FloatTensor` of shape `(B, C, H, W)` or `(B, T, C, H, W)`): Images, or video frames
+                (a 5-D `pixel_values` is accepted as an alias of `pixel_values_videos`).
             attention_mask (`torch.Tensor` of shape `(B, L)`): 1 for real tokens, 0 for padding.
             token_type_ids (`torch.LongTensor` of shape `(B, L)`): Optional segment ids.
             image_keep_indices (`torch.LongTensor` of shape `(B, K)`): Patch indices to keep (FLIP); built-in tower only.
             return_loss (`bool`): Return the ITC loss over the batch (late and hybrid).
-            output_attentions (`bool`): Return fusion cross-attentions (hybrid) or joint attentions (early).
+            output_attentions (`bool`): Return the attention maps (fused stream here, towers in their outputs).
+            output_hidden_states (`bool`): Return every layer's hidden states (likewise).
+            pixel_values_videos (`torch.FloatTensor` of shape `(B, T, C, H, W)`): Video frames (the processor's key).
         """
+        pixel_values = visual_input(pixel_values, pixel_values_videos)
+        output_attentions = _flag(output_attentions, self.config, "output_attentions")
+        output_hidden_states = _flag(output_hidden_states, self.config, "output_hidden_states")
         if self.fusion == "early":
             if input_ids is None or pixel_values is None:
                 raise ValueError(
                     "fusion='early' encodes text and image jointly: pass both input_ids and pixel_values "
                     "(for unimodal features use a late or hybrid model)."
                 )
-            hidden, attentions = self.joint_encode(
-                input_ids, pixel_values, attention_mask, token_type_ids, output_attentions
+            joint = self.joint_encode(
+                input_ids, pixel_values, attention_mask, token_type_ids, output_attentions, output_hidden_states
             )
             return MMModelOutput(
-                last_hidden_state=hidden,
-                pooler_output=hidden[:, 0],
-                attentions=attentions if output_attentions else None,
+                last_hidden_state=joint.last_hidden_state,
+                pooler_output=joint.last_hidden_state[:, 0],
+                hidden_states=joint.hidden_states,
+                attentions=joint.attentions,
             )
 
         if input_ids is None and pixel_values is None:
             raise ValueError("Pass input_ids, pixel_values, or both.")
-        text_out = self.encode_text(input_ids, attention_mask, token_type_ids) if input_ids is not None else None
-        image_out = self.encode_image(pixel_values, image_keep_indices) if pixel_values is not None else None
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        text_out = image_out = None
+        if input_ids is not None:
+            text_out = self.encode_text(input_ids, attention_mask, token_type_ids, **flags)
+        if pixel_values is not None:
+            image_out = self.encode_image(pixel_values, image_keep_indices, **flags)
         text_embeds = image_embeds = logits_per_image = logits_per_text = loss = None
-        if text_out is not None:
-            text_embeds = nn.functional.normalize(self.text_projection(text_out.pooler_output), dim=-1)
-        if image_out is not None:
-            image_embeds = nn.functional.normalize(self.visual_projection(image_out.pooler_output), dim=-1)
+        if self.text_projection is not None:
+            if text_out is not None:
+                text_embeds = self.project_text(text_out.pooler_output)
+            if image_out is not None:
+                image_embeds = self.project_image(image_out.pooler_output)
         if text_embeds is not None and image_embeds is not None:
             logits_per_text = text_embeds @ image_embeds.t() * self.clamped_logit_scale()  # (B_text, B_image)
             logits_per_image = logits_per_text.t()
             if return_loss:
-                from .losses import contrastive_loss
-
                 loss = contrastive_loss(image_embeds, text_embeds, self.clamped_logit_scale())
-        fused = pooled = cross_attentions = None
+        fused = None
         # Fusion pairs text i with image i, so it runs only on paired batches; a gallery of different sizes (one image
         # against N candidate labels, as the zero-shot-image-classification pipeline sends) gets the ITC outputs only.
         paired = text_out is not None and image_out is not None and (
             text_out.last_hidden_state.shape[0] == image_out.last_hidden_state.shape[0]
         )
-        if self.fusion == "hybrid" and paired:
-            fused, cross_attentions = self.fuse(
-                text_out.last_hidden_state, attention_mask, image_out.last_hidden_state, output_attentions
+        if self.fusion_layers is not None and paired:
+            fused = self.fuse(
+                text_out.last_hidden_state,
+                attention_mask,
+                image_out.last_hidden_state,
+                output_attentions,
+                output_hidden_states=output_hidden_states,
             )
-            pooled = fused[:, 0]
         return MMModelOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
-            last_hidden_state=fused,
-            pooler_output=pooled,
+            last_hidden_state=fused.last_hidden_state if fused is not None else None,
+            pooler_output=fused.last_hidden_state[:, 0] if fused is not None else None,
             text_last_hidden_state=text_out.last_hidden_state if text_out is not None else None,
             image_last_hidden_state=image_out.last_hidden_state if image_out is not None else None,
-            cross_attentions=cross_attentions if output_attentions else None,
+            hidden_states=fused.hidden_states if fused is not None else None,
+            attentions=fused.attentions if fused is not None else None,
+            cross_attentions=fused.cross_attentions if fused is not None else None,
+            text_model_output=text_out,
+            vision_model_output=image_out,
+            fused_image_last_hidden_state=fused.image_last_hidden_state if fused is not None else None,
         )
+
+
+def _tower_flags(tower: nn.Module, output_attentions: bool, output_hidden_states: bool) -> dict[str, bool]:
+    """`output_*` flags for a tower's forward: passed explicitly so that the composite config decides, and only the
+    ones a foreign tower's signature takes (some CNN towers have no attentions)."""
+    params = inspect.signature(tower.forward).parameters
+    takes_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+    return {k: v for k, v in flags.items() if k in params or takes_kwargs}
+
+
+def visual_input(
+    pixel_values: torch.FloatTensor | None, pixel_values_videos: torch.FloatTensor | None
+) -> torch.FloatTensor | None:
+    """One visual tensor from the two input names: `pixel_values_videos` `(B, T, C, H, W)` is the processor's key for
+    video (transformers' convention); a 5-D `pixel_values` stays accepted as its alias."""
+    if pixel_values_videos is None:
+        return pixel_values
+    if pixel_values is not None:
+        raise ValueError(
+            "Pass images as pixel_values or videos as pixel_values_videos, not both in one call (a pair has one "
+            "visual input)."
+        )
+    if not torch.is_tensor(pixel_values_videos) or pixel_values_videos.ndim != 5:
+        raise ValueError(
+            "pixel_values_videos must be a (B, T, C, H, W) tensor of video frames, got "
+            f"{tuple(getattr(pixel_values_videos, 'shape', ())) or type(pixel_values_videos).__name__}."
+        )
+    return pixel_values_videos
+
 
 def _load_foreign_tower(sub_config: PreTrainedConfig, path: str, load_kwargs: dict) -> PreTrainedModel:
     if isinstance(sub_config, SiglipTextConfig):

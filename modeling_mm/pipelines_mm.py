@@ -206,13 +206,13 @@ class MMImageTextRetrievalPipeline(Pipeline):
         candidate_texts = model_inputs.pop("candidate_texts")
         pixel_values = model_inputs["pixel_values"]
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
-        rerank = rerank_top_k > 0 and self.model.config.fusion == "hybrid"
+        rerank = rerank_top_k > 0 and self.model.config.fusion in ("hybrid", "coattention")
         if query == "image" and rerank:
             scores = self._rank_texts()(pixel_values, input_ids, attention_mask, top_k=rerank_top_k)[0]  # (T,)
         else:
             mm = self.model.mm
             # Cosines of the L2-normalised embeddings: (I, D) @ (D, T) -> one row (image query) or column (text query).
-            similarity = mm.get_image_features(pixel_values) @ mm.get_text_features(input_ids, attention_mask).t()
+            similarity = mm.embed_image(pixel_values) @ mm.embed_text(input_ids, attention_mask).t()
             scores = similarity[0] if query == "image" else similarity[:, 0]
             if rerank:
                 # Text query: ITM re-scores the best images; rank_texts over them and the one text does exactly that.

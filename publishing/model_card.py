@@ -144,6 +144,7 @@ _FUSION = {
     "early": "one Transformer over the joint text and image-patch sequence, ViLT-style",
     "late": "a dual encoder whose image and text embeddings meet in a shared space, CLIP-style",
     "hybrid": "dual encoders, then text layers that cross-attend to the image, ALBEF-style",
+    "coattention": "dual encoders, then two-stream layers in which text and image attend to each other, LXMERT-style",
 }
 
 

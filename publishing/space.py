@@ -65,12 +65,12 @@ def space_tabs(tasks: list[str], fusion: str, builtin_vision: bool) -> list[str]
 
     Args:
         tasks (`list[str]`): The published repo's `pipeline()` tasks.
-        fusion (`str`): `"early"`, `"late"` or `"hybrid"`.
+        fusion (`str`): `"early"`, `"late"`, `"hybrid"` or `"coattention"`.
         builtin_vision (`bool`): The vision tower is the built-in ViT (`mm_vision_model`), which can drop patch tokens;
             the occlusion heatmap needs it, and a late or hybrid model that explains a VQA answer or an ITC score.
     """
     tabs = [tab for task, tab in TASK_TABS.items() if task in tasks]
-    if builtin_vision and fusion in ("late", "hybrid") and ({"vqa", "zero_shot"} & set(tabs)):
+    if builtin_vision and fusion in ("late", "hybrid", "coattention") and ({"vqa", "zero_shot"} & set(tabs)):
         tabs.append("heatmap")
     return tabs
 

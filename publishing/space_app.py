@@ -207,17 +207,17 @@ def itc_occlusion(model: Any, pixel_values: torch.Tensor, input_ids: torch.Tenso
     occlusion`'s map).
 
     Args:
-        model: A late or hybrid MM model with `get_image_features(pixel_values, image_keep_indices)` and
-            `get_text_features` (the zero-shot pipeline's `MMModel`).
+        model: A late or hybrid MM model with `embed_image(pixel_values, image_keep_indices)` and
+            `embed_text` (the zero-shot pipeline's `MMModel`).
         pixel_values (`torch.FloatTensor` of shape `(1, C, H, W)`), input_ids, attention_mask (`(1, L)`): One pair.
 
     Returns:
         The `(H_p, W_p)` falls, and the cosine of the whole image with the text.
     """
-    text = model.get_text_features(input_ids, attention_mask)  # (1, P), L2-normalised
+    text = model.embed_text(input_ids, attention_mask)  # (1, P), L2-normalised
 
     def cosine(pixels: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        return (model.get_image_features(pixels, image_keep_indices=keep) * text).sum(-1)  # (B,)
+        return (model.embed_image(pixels, image_keep_indices=keep) * text).sum(-1)  # (B,)
 
     return _occlude(cosine, pixel_values, model.config.vision_config.patch_size)
 

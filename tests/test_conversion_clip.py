@@ -162,8 +162,8 @@ def _mm_outputs(model: MMModel, inputs: dict) -> dict[str, torch.Tensor]:
     # Our logits carry no bias; SigLIP's bias travels in the config.
     bias = model.config.logit_bias_init_value or 0.0
     return {
-        "image": model.get_image_features(inputs["pixel_values"]),
-        "text": model.get_text_features(inputs["input_ids"], inputs.get("attention_mask")),
+        "image": model.get_image_features(inputs["pixel_values"]).pooler_output,
+        "text": model.get_text_features(inputs["input_ids"], inputs.get("attention_mask")).pooler_output,
         "logits_per_image": model(**inputs).logits_per_image + bias,
     }
 
@@ -210,8 +210,8 @@ for kind, folder in FOLDERS.items():
     report[kind] = {"class": type(model).__name__, "module": type(model).__module__}
     inputs = load_file(INPUTS[kind])
     with torch.no_grad():
-        features[f"{kind}/image"] = model.get_image_features(inputs["pixel_values"])
-        features[f"{kind}/text"] = model.get_text_features(inputs["input_ids"], inputs.get("attention_mask"))
+        features[f"{kind}/image"] = model.get_image_features(inputs["pixel_values"]).pooler_output
+        features[f"{kind}/text"] = model.get_text_features(inputs["input_ids"], inputs.get("attention_mask")).pooler_output
         features[f"{kind}/logits_per_image"] = model(**inputs).logits_per_image.contiguous()
     if kind == "clip":
         # The copied CLIP processor works with the converted model as it is.

@@ -258,7 +258,7 @@ def test_imagenet_sanity_on_real_photos(lite0):
 
     model = AutoModelForImageClassification.from_pretrained(lite0["folder"]).eval()
     processor = MMImageProcessor.from_pretrained(lite0["folder"])
-    assert processor.image_mean == processor.image_std == [0.5, 0.5, 0.5]
+    assert list(processor.image_mean) == list(processor.image_std) == [0.5, 0.5, 0.5]
     cat = _top5(model, processor, PIL.Image.fromarray(skimage_data.chelsea()))
     coffee = _top5(model, processor, PIL.Image.fromarray(skimage_data.coffee()))
     assert next(iter(cat)) in CAT_CLASSES and sum(p for c, p in cat.items() if c in CAT_CLASSES) > 0.8, cat
@@ -282,7 +282,7 @@ def test_pretrained_tower_feeds_late_and_hybrid_fusion(lite0, tmp_path):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values)
         expected = tower(pixel_values)
-        features = model.get_image_features(pixel_values)
+        features = model.get_image_features(pixel_values).pooler_output
     torch.testing.assert_close(out.image_last_hidden_state, expected.last_hidden_state)  # (2, 4, 1280)
     torch.testing.assert_close(features, F.normalize(model.visual_projection(expected.pooler_output), dim=-1))
     assert out.last_hidden_state.shape == (2, ids.shape[1], tester.hidden_size)

@@ -156,7 +156,7 @@ def test_gradcam_finds_the_planted_patch_and_ignores_a_harmful_one(processor):
     cam = relevance.patch_maps.flatten()
     assert int(cam.argmax()) == helpful
     assert cam[helpful] > 0 and cam[harmful] == 0  # clamp(grad * attn, 0): the harmful patch scores nothing
-    _, cross = mm.fuse(text, torch.ones_like(ids), image, output_attentions=True)
+    cross = mm.fuse(text, torch.ones_like(ids), image, output_attentions=True).cross_attentions
     attention = cross[0][0, :, 0, 1:].mean(0)  # raw attention of [CLS] over patches: a tie
     torch.testing.assert_close(attention[helpful], attention[harmful])
 
@@ -198,7 +198,8 @@ def test_rollout_follows_a_planted_attention_path(processor):
     second[0, 2] = 1.0  # layer 2: [CLS] reads token 2
     planted = (first.expand(1, 4, seq, seq), second.expand(1, 4, seq, seq))
     real = model.mm.joint_encode
-    model.mm.joint_encode = lambda *a, **k: (real(*a, **k)[0], planted)
+    model.mm.joint_encode = lambda *a, **k: type(out := real(*a, **k))(last_hidden_state=out.last_hidden_state,
+                                                                        attentions=planted)
     relevance = compute_relevance(
         model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["words"]
     )
@@ -209,9 +210,9 @@ def test_rollout_follows_a_planted_attention_path(processor):
 def test_early_rollout_on_the_model_sums_to_one(processor):
     model = _model(processor, "early")
     inputs = _inputs(processor, [TEXT], [_image()])
-    _, attentions = model.mm.joint_encode(
+    attentions = model.mm.joint_encode(
         inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], output_attentions=True
-    )
+    ).attentions
     rollout = attention_rollout(attentions)
     torch.testing.assert_close(rollout.sum(-1), torch.ones_like(rollout[..., 0]))
     relevance = compute_relevance(
@@ -231,10 +232,10 @@ def test_late_similarity_matches_a_manual_computation(processor):
     with torch.no_grad():
         patches = mm.vision_model(inputs["pixel_values"]).last_hidden_state[0, 1:]  # (16, D) after post-LN
         patch_embeds = torch.nn.functional.normalize(mm.visual_projection(patches), dim=-1)
-        text_embeds = mm.get_text_features(inputs["input_ids"], inputs["attention_mask"])[0]
+        text_embeds = mm.embed_text(inputs["input_ids"], inputs["attention_mask"])[0]
     torch.testing.assert_close(relevance.patch_maps.flatten(), patch_embeds @ text_embeds)
     torch.testing.assert_close(
-        relevance.scores, mm.get_image_features(inputs["pixel_values"]) @ text_embeds, atol=1e-5, rtol=1e-5
+        relevance.scores, mm.embed_image(inputs["pixel_values"]) @ text_embeds, atol=1e-5, rtol=1e-5
     )
 
 
@@ -246,7 +247,7 @@ def test_itc_gradcam_matches_a_manual_computation(processor):
     relevance = compute_relevance(
         model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["words"], "itc_gradcam"
     )
-    text_embeds = mm.get_text_features(inputs["input_ids"], inputs["attention_mask"]).detach()
+    text_embeds = mm.embed_text(inputs["input_ids"], inputs["attention_mask"]).detach()
     for i in range(2):
         out = mm.vision_model(inputs["pixel_values"][i : i + 1], output_attentions=True)
         score = torch.nn.functional.normalize(mm.visual_projection(out.pooler_output), dim=-1)[0] @ text_embeds[i]
@@ -267,11 +268,11 @@ def test_occlusion_matches_dropping_each_patch_by_hand(processor):
     relevance = compute_relevance(
         model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["words"], "occlusion"
     )
-    text_embeds = mm.get_text_features(inputs["input_ids"], inputs["attention_mask"])[0]
-    full = mm.get_image_features(inputs["pixel_values"])[0] @ text_embeds
+    text_embeds = mm.embed_text(inputs["input_ids"], inputs["attention_mask"])[0]
+    full = mm.embed_image(inputs["pixel_values"])[0] @ text_embeds
     patch = 5
     keep = torch.tensor([[i for i in range(GRID * GRID) if i != patch]])
-    occluded = mm.get_image_features(inputs["pixel_values"], image_keep_indices=keep)[0] @ text_embeds
+    occluded = mm.embed_image(inputs["pixel_values"], image_keep_indices=keep)[0] @ text_embeds
     torch.testing.assert_close(relevance.patch_maps.flatten()[patch], (full - occluded).detach())
     torch.testing.assert_close(relevance.scores[0], full.detach())
     # One image with two texts: the vision passes are shared, each row still explains its own pair.
@@ -330,8 +331,8 @@ def test_retrieval_gallery_ranks_by_the_scores(processor, tmp_path, fusion):
     if fusion == "late":
         # ITC cosine, by hand; and an image query ranks texts.
         text_inputs = processor(text=[TEXT])
-        text_embeds = model.mm.get_text_features(text_inputs["input_ids"], text_inputs["attention_mask"])
-        image_embeds = model.mm.get_image_features(processor(images=candidates)["pixel_values"])
+        text_embeds = model.mm.embed_text(text_inputs["input_ids"], text_inputs["attention_mask"])
+        image_embeds = model.mm.embed_image(processor(images=candidates)["pixel_values"])
         torch.testing.assert_close(scores, (image_embeds @ text_embeds.t())[:, 0].detach())
         ranked = retrieval_gallery(model, processor, _image(0), ["a red circle", "a blue square", "x"], k=2,
                                    path=str(tmp_path / "g2.png"))

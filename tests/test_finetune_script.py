@@ -150,8 +150,8 @@ def test_lora_trains_a_new_decoder_in_full(tmp_path):
           "--max_length", "12", *FAST])
     summary = _summary(tmp_path / "out")
     assert summary["new_parts"] == ["decoder"]
-    # The captioning head never runs its text tower and fusion layers: frozen.
-    assert summary["freeze"] == {"vision": "lora", "text": "frozen", "fusion": "frozen", "decoder": "full"}
+    # The captioning head has no text tower or fusion layers: only its own parts get a mode.
+    assert summary["freeze"] == {"vision": "lora", "decoder": "full"}
     from peft import PeftConfig
 
     saved = PeftConfig.from_pretrained(tmp_path / "out").modules_to_save

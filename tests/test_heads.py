@@ -4,6 +4,7 @@ Heads: MMForVisualQuestionAnswering, MMForImageTextClassification, MMForImageTex
 MMForConditionalGeneration, each with every fusion style it supports.
 """
 
+import copy
 import logging
 
 import pytest
@@ -103,9 +104,9 @@ def test_retrieval_head_holds_only_what_retrieval_uses(fusion):
 
 
 def test_retrieval_objectives_per_fusion():
-    assert _head(MMForImageTextRetrieval, "late").config.objectives == ["itc"]
-    assert _head(MMForImageTextRetrieval, "hybrid").config.objectives == ["itc", "itm"]
-    assert _head(MMForImageTextRetrieval, "early").config.objectives == ["itm"]
+    assert _head(MMForImageTextRetrieval, "late").retrieval_objectives == ["itc"]
+    assert _head(MMForImageTextRetrieval, "hybrid").retrieval_objectives == ["itc", "itm"]
+    assert _head(MMForImageTextRetrieval, "early").retrieval_objectives == ["itm"]
     config = tester.get_config("hybrid")
     MMForImageTextRetrieval(config)
     assert config.objectives == ["itc", "itm", "mlm", "lm"], "the head must not change the caller's config"
@@ -262,6 +263,94 @@ def test_resize_token_embeddings_keeps_the_tied_projection_and_accepts_new_ids()
     assert model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=2).shape[1] == 3
 
 
+def test_pretraining_resize_reaches_the_captioning_decoder():
+    """With the `lm` objective, a new token id must be valid for MLM and for the decoder's own embeddings and head."""
+    model = _head(MMForPreTraining, "hybrid", initializer_range=0.2)
+    old = model.config.text_config.vocab_size
+    model.resize_token_embeddings(old + 2)
+    decoder = model.text_decoder
+    assert decoder.embeddings.word_embeddings.num_embeddings == old + 2 and decoder.lm_head.out_features == old + 2
+    assert decoder.lm_head.weight is decoder.embeddings.word_embeddings.weight
+    assert model.mlm_head.decoder.out_features == old + 2
+    inputs = tester.get_pretraining_inputs()
+    inputs["input_ids"][:, 2] = old + 1  # the new token, in the caption the decoder reads and predicts
+    out = model(**inputs)
+    assert torch.isfinite(out.loss) and out.lm_logits.shape[-1] == old + 2
+
+
+def test_untied_lm_head_survives_save_load_and_resize(tmp_path):
+    """An untied captioning head keeps its trained weights through from_pretrained (post_init must not re-randomise
+    it) and through resizing (the new head keeps the decoder's projection class and its initialised flag)."""
+    from modeling_mm.modeling_mm import MMVocabProjection
+
+    model = _head(MMForConditionalGeneration, "late", tie_word_embeddings=False)
+    with torch.no_grad():
+        model.text_decoder.lm_head.weight.fill_(0.25)
+    assert model.text_decoder.lm_head.weight is not model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path)
+    reloaded = MMForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.text_decoder.lm_head.weight, model.text_decoder.lm_head.weight)
+    old = model.config.text_config.vocab_size
+    reloaded.resize_token_embeddings(old + 4)
+    head = reloaded.get_output_embeddings()
+    assert isinstance(head, MMVocabProjection) and head.out_features == old + 4
+    assert torch.equal(head.weight[:old], model.text_decoder.lm_head.weight)
+    reloaded.post_init()
+    assert torch.equal(reloaded.get_output_embeddings().weight[:old], model.text_decoder.lm_head.weight)
+
+
+def test_past_key_values_is_accepted_as_the_former_name_of_cache():
+    model = _captioner("hybrid")
+    inputs = tester.get_inputs()
+    prompt, pixel_values = inputs["input_ids"][:, :3], inputs["pixel_values"]
+    with torch.no_grad():
+        first = model(input_ids=prompt, pixel_values=pixel_values, use_cache=True)
+        step = prompt[:, -1:] + 1
+        by_new_name = model(input_ids=step, cache=copy.deepcopy(first.cache), use_cache=True)
+        by_old_name = model(input_ids=step, past_key_values=copy.deepcopy(first.cache), use_cache=True)
+    # A dropped cache would fail outright: no pixel_values are passed, so only the cached image keys make it work.
+    torch.testing.assert_close(by_old_name.logits, by_new_name.logits)
+
+
+@pytest.mark.parametrize("fusion", ["late", "hybrid"])
+def test_captioning_output_carries_the_image_encoder_output(fusion):
+    model = _captioner(fusion)
+    inputs = tester.get_inputs()
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    image = out.image_outputs
+    assert image.last_hidden_state.shape[:2] == (tester.batch_size, 1 + (16 // 4) ** 2)
+    assert len(image.hidden_states) == tester.num_layers + 1 and len(image.attentions) == tester.num_layers
+    assert len(out.attentions) == len(out.cross_attentions) == model.config.num_decoder_layers
+    assert len(out.hidden_states) == model.config.num_decoder_layers + 1
+
+
+def test_generate_returns_dict_outputs_with_attentions_and_hidden_states():
+    model = _captioner("hybrid")
+    assert model.config.text_config.use_cache is True
+    pixel_values = tester.get_inputs()["pixel_values"]
+    out = model.generate(
+        pixel_values=pixel_values, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+        output_attentions=True, output_hidden_states=True, output_scores=True,
+    )
+    assert out.sequences.shape == (tester.batch_size, 4)
+    assert len(out.scores) == 3 and len(out.attentions) == 3 and len(out.hidden_states) == 3
+    assert len(out.attentions[0]) == model.config.num_decoder_layers
+    plain = model.generate(pixel_values=pixel_values, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out.sequences, plain)
+
+
+@pytest.mark.parametrize("fusion", ["late", "hybrid"])
+def test_assisted_decoding_matches_greedy(fusion):
+    """With an assistant model (here a second copy), greedy assisted decoding must give greedy's tokens."""
+    model = _captioner(fusion)
+    assistant = _captioner(fusion)
+    pixel_values = tester.get_inputs()["pixel_values"][:1]
+    greedy = model.generate(pixel_values=pixel_values, max_new_tokens=6, do_sample=False)
+    assisted = model.generate(pixel_values=pixel_values, max_new_tokens=6, do_sample=False, assistant_model=assistant)
+    assert torch.equal(assisted, greedy)
+
+
 @pytest.mark.parametrize("fusion", ["late", "hybrid"])
 def test_beam_search_with_and_without_cache(fusion):
     model = _captioner(fusion)
@@ -408,8 +497,13 @@ def test_from_vision_text_pretrained_on_every_head(head, fusion, tower_checkpoin
     model, log = _load_logged(head.from_vision_text_pretrained, vision_path, tower_checkpoints["text"], **kwargs)
     assert isinstance(model, head)
     text = MMTextModel.from_pretrained(tower_checkpoints["text"]).state_dict()
-    for name, value in text.items():
-        assert torch.equal(model.mm.text_model.state_dict()[name], value), name
+    if head is MMForConditionalGeneration:
+        # Captioning builds no text tower: its decoder starts from the tower's word embeddings.
+        assert not hasattr(model.mm, "text_model")
+        assert torch.equal(model.text_decoder.embeddings.word_embeddings.weight, text["embeddings.word_embeddings.weight"])
+    else:
+        for name, value in text.items():
+            assert torch.equal(model.mm.text_model.state_dict()[name], value), name
     if fusion != "early":
         vision = MMVisionModel.from_pretrained(tower_checkpoints["vision"]).state_dict()
         for name, value in vision.items():
@@ -442,7 +536,7 @@ def test_itm_rerank_puts_top_k_above_the_rest():
     scores = model.rank_texts(pixel_values, texts["input_ids"], texts["attention_mask"], top_k=top_k)
     assert scores.shape == (2, 6)
     with torch.no_grad():
-        cosine = model.get_image_features(pixel_values) @ model.get_text_features(
+        cosine = model.embed_image(pixel_values) @ model.embed_text(
             texts["input_ids"], texts["attention_mask"]
         ).t()
     for row in range(2):

@@ -96,13 +96,17 @@ def test_unimodal_features(fusion):
         text_only = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         image_only = model(pixel_values=inputs["pixel_values"])
         both = model(**inputs)
-        text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
-        image_features = model.get_image_features(inputs["pixel_values"])
+        text_features = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+        image_features = model.get_image_features(inputs["pixel_values"]).pooler_output
+        fast_text = model.embed_text(inputs["input_ids"], inputs["attention_mask"])
+        fast_image = model.embed_image(inputs["pixel_values"])
     assert image_only.text_embeds is None and text_only.image_embeds is None
     torch.testing.assert_close(text_only.text_embeds, both.text_embeds)
     torch.testing.assert_close(image_only.image_embeds, both.image_embeds)
     torch.testing.assert_close(text_features, both.text_embeds)
     torch.testing.assert_close(image_features, both.image_embeds)
+    torch.testing.assert_close(fast_text, both.text_embeds)
+    torch.testing.assert_close(fast_image, both.image_embeds)
     pooled = model.encode_image(inputs["pixel_values"], pooled_only=True)
     assert pooled.last_hidden_state is None
     torch.testing.assert_close(pooled.pooler_output, model.encode_image(inputs["pixel_values"]).pooler_output)
@@ -115,93 +119,6 @@ def test_early_fusion_needs_both_modalities():
         model(input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match="encode_image needs fusion"):
         model.get_image_features(inputs["pixel_values"])
-
-
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_save_load_round_trip(fusion, tmp_path):
-    model = _model(fusion)
-    inputs = tester.get_inputs()
-    model.save_pretrained(tmp_path)
-    files = os.listdir(tmp_path)
-    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
-    reloaded = MMModel.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        a, b = _tensors(model(**inputs)), _tensors(reloaded(**inputs))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_determinism(fusion):
-    model = _model(fusion)
-    inputs = tester.get_inputs()
-    with torch.no_grad():
-        a, b = _tensors(model(**inputs)), _tensors(model(**inputs))
-    for key in a:
-        assert torch.equal(a[key], b[key])
-
-
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_batching_equivalence(fusion):
-    """A padded row alone (trimmed to its real length) gives the same result as inside the batch."""
-    model = _model(fusion)
-    inputs = tester.get_inputs()
-    length = int(inputs["attention_mask"][1].sum())
-    single = {
-        "input_ids": inputs["input_ids"][1:2, :length],
-        "attention_mask": inputs["attention_mask"][1:2, :length],
-        "pixel_values": inputs["pixel_values"][1:2],
-    }
-    with torch.no_grad():
-        batched, alone = model(**inputs), model(**single)
-    if fusion == "early":
-        text = batched.last_hidden_state[1, :length]
-        torch.testing.assert_close(alone.last_hidden_state[0, :length], text, atol=1e-4, rtol=0)
-        torch.testing.assert_close(
-            alone.last_hidden_state[0, length:], batched.last_hidden_state[1, tester.seq_length :], atol=1e-4, rtol=0
-        )
-    else:
-        torch.testing.assert_close(alone.text_embeds[0], batched.text_embeds[1], atol=1e-4, rtol=0)
-        torch.testing.assert_close(alone.image_embeds[0], batched.image_embeds[1], atol=1e-4, rtol=0)
-    if fusion == "hybrid":
-        torch.testing.assert_close(alone.pooler_output[0], batched.pooler_output[1], atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_eager_matches_sdpa(fusion):
-    torch.manual_seed(0)
-    config = tester.get_config(fusion)
-    eager = MMModel._from_config(config, attn_implementation="eager").eval()
-    sdpa = MMModel._from_config(tester.get_config(fusion), attn_implementation="sdpa").eval()
-    sdpa.load_state_dict(eager.state_dict())
-    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
-    inputs = tester.get_inputs()
-    with torch.no_grad():
-        a, b = _tensors(eager(**inputs)), _tensors(sdpa(**inputs))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_gradient_checkpointing_equivalence(fusion):
-    torch.manual_seed(0)
-    reference = MMForPreTraining(tester.get_config(fusion)).train()
-    checkpointed = MMForPreTraining(tester.get_config(fusion)).train()
-    checkpointed.load_state_dict(reference.state_dict())
-    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert checkpointed.is_gradient_checkpointing
-    inputs = tester.get_pretraining_inputs()
-    results = []
-    for model in (reference, checkpointed):
-        torch.manual_seed(1)  # the same hard negatives in both runs
-        loss = model(**inputs).loss
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=0)
-    assert results[0][1].keys() == results[1][1].keys() and len(results[0][1]) > 10
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_position_embeddings_interpolate_for_other_resolutions():
@@ -292,7 +209,7 @@ def test_copied_code_is_self_contained():
     import ast
 
     folder = os.path.dirname(modeling_mm.__file__)
-    allowed = {"torch", "transformers", "dataclasses", "collections", "copy", "json", "os", "shutil", "typing"}
+    allowed = {"torch", "transformers", "dataclasses", "collections", "copy", "inspect", "json", "os", "shutil", "typing"}
     for name in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "losses.py"):
         tree = ast.parse(open(os.path.join(folder, name)).read())
         for node in ast.walk(tree):
@@ -305,7 +222,7 @@ def test_copied_code_is_self_contained():
             assert roots <= allowed, f"{name} imports {roots - allowed}"
 
 
-@pytest.mark.parametrize("fusion", ["hybrid", "early"])
+@pytest.mark.parametrize("fusion", ["hybrid", "early", "coattention"])
 def test_trust_remote_code_loads_copied_code_in_fresh_process(fusion, tmp_path):
     model = _model(fusion, cls=MMForPreTraining)
     model.save_pretrained(tmp_path)
@@ -444,3 +361,31 @@ def test_torch_compile_captures_towers_without_graph_breaks(fusion):
     bad["input_ids"][1, 2] = tester.vocab_size
     with pytest.raises(ValueError, match=r"input_ids\[1, 2\] = 99 is outside the vocabulary"):
         model(**bad)
+
+
+def test_coattention_exchanges_both_ways():
+    """Co-attention (LXMERT): the image stream sees the text, and the text sees the image; in hybrid fusion only the
+    text side changes with the pair."""
+    model = _model("coattention").eval()
+    inputs = tester.get_inputs()
+    other_text = dict(inputs, input_ids=inputs["input_ids"].roll(1, dims=0), attention_mask=inputs["attention_mask"].roll(1, 0))
+    other_image = dict(inputs, pixel_values=inputs["pixel_values"].roll(1, dims=0))
+    with torch.no_grad():
+        base, text_changed, image_changed = model(**inputs), model(**other_text), model(**other_image)
+    image_shape = (tester.batch_size, 1 + (tester.image_size // tester.patch_size) ** 2, tester.hidden_size)
+    assert base.fused_image_last_hidden_state.shape == image_shape
+    assert not torch.allclose(base.fused_image_last_hidden_state, text_changed.fused_image_last_hidden_state)
+    assert not torch.allclose(base.pooler_output, image_changed.pooler_output)
+    assert _model("hybrid").eval()(**inputs).fused_image_last_hidden_state is None
+
+
+def test_coattention_projects_a_tower_of_another_width():
+    config = tester.get_config("coattention")
+    config.vision_config.hidden_size, config.vision_config.intermediate_size = 48, 40
+    model = MMModel(config).eval()
+    assert model.fusion_image_projection.in_features == 48 and model.fusion_image_projection.out_features == 32
+    with torch.no_grad():
+        out = model(**tester.get_inputs())
+    assert out.fused_image_last_hidden_state.shape[-1] == 32 and out.pooler_output.shape == (tester.batch_size, 32)
+    same = MMModel(tester.get_config("coattention"))
+    assert same.fusion_image_projection is None  # equal widths: the tower's states are used as they are

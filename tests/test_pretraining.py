@@ -78,15 +78,17 @@ def test_hybrid_objectives_match_separate_full_passes(objectives):
                 torch.nn.functional.normalize(mm.visual_projection(image.pooler_output), dim=-1)
                 @ torch.nn.functional.normalize(mm.text_projection(text.pooler_output), dim=-1).t()
             )
-            torch.manual_seed(5)  # the same draw of hard negatives
-            neg_text, neg_image = sample_hard_negatives(similarity, inputs["image_ids"])
+            # In eval mode the hardest negatives are taken, not drawn.
+            neg_text, neg_image = sample_hard_negatives(similarity, inputs["image_ids"], sample=False)
             image_idx = torch.cat([rows, rows[neg_text >= 0], neg_image[neg_image >= 0]])
             text_idx = torch.cat([rows, neg_text[neg_text >= 0], rows[neg_image >= 0]])
-            fused, _ = mm.fuse(text.last_hidden_state[text_idx], mask[text_idx], image.last_hidden_state, image_index=image_idx)
+            fused = mm.fuse(
+                text.last_hidden_state[text_idx], mask[text_idx], image.last_hidden_state, image_index=image_idx
+            ).last_hidden_state
             torch.testing.assert_close(out.itm_logits, model.itm_head(fused[:, 0]), atol=1e-5, rtol=1e-4)
         if "mlm" in objectives:
             masked_text = mm.encode_text(inputs["mlm_input_ids"], mask)
-            fused, _ = mm.fuse(masked_text.last_hidden_state, mask, image.last_hidden_state)
+            fused = mm.fuse(masked_text.last_hidden_state, mask, image.last_hidden_state).last_hidden_state
             where = inputs["mlm_labels"] != -100
             logits = model.mlm_head(fused[where])
             torch.testing.assert_close(out.mlm_logits, logits, atol=1e-5, rtol=1e-4)
@@ -124,8 +126,10 @@ def test_fusion_output_positions_match_the_full_fusion():
     image = mm.encode_image(inputs["pixel_values"]).last_hidden_state
     text = mm.encode_text(inputs["input_ids"], mask).last_hidden_state
     positions = torch.tensor([[0, 2], [1, 1], [3, 0], [0, 0]])
-    full, full_cross = mm.fuse(text, mask, image, output_attentions=True)
-    part, part_cross = mm.fuse(text, mask, image, output_attentions=True, output_positions=positions)
+    full_out = mm.fuse(text, mask, image, output_attentions=True)
+    part_out = mm.fuse(text, mask, image, output_attentions=True, output_positions=positions)
+    full, full_cross = full_out.last_hidden_state, full_out.cross_attentions
+    part, part_cross = part_out.last_hidden_state, part_out.cross_attentions
     assert part.shape == (4, 2, full.shape[-1])
     torch.testing.assert_close(part, full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1])))
     # The last layer's cross-attention maps cover the kept queries only.
@@ -428,8 +432,8 @@ def test_output_positions_under_flex_attention_match_the_full_computation():
             mm.encode_text(inputs["input_ids"], mask, pooled_only=True).pooler_output, text.pooler_output
         )
         positions = torch.tensor([[0, 2], [1, 1], [3, 0], [0, 0]])
-        full, _ = mm.fuse(text.last_hidden_state, mask, image)
-        part, _ = mm.fuse(text.last_hidden_state, mask, image, output_positions=positions)
+        full = mm.fuse(text.last_hidden_state, mask, image).last_hidden_state
+        part = mm.fuse(text.last_hidden_state, mask, image, output_positions=positions).last_hidden_state
     torch.testing.assert_close(part, full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1])))
 
 

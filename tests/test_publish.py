@@ -113,7 +113,7 @@ def _expected_embedding_tasks(ckpt: str, processor, images) -> dict:
 
     # Zero-shot: softmax over the scaled ITC similarities with "a {label}".
     labels = processor(text=[f"a {label}" for label in LABELS])
-    logits = mm.clamped_logit_scale() * mm.get_image_features(pixel_values) @ mm.get_text_features(**labels).t()
+    logits = mm.clamped_logit_scale() * mm.embed_image(pixel_values) @ mm.embed_text(**labels).t()
     expected["zero_shot"] = dict(zip(LABELS, logits[0].softmax(-1).tolist()))
 
     # Retrieval, image query: rank_texts (ITC, then ITM on the top 16 for hybrid).
@@ -121,7 +121,7 @@ def _expected_embedding_tasks(ckpt: str, processor, images) -> dict:
     if mm.config.fusion == "hybrid":
         expected["rank_texts"] = retrieval.rank_texts(pixel_values, texts["input_ids"], texts["attention_mask"])[0]
     else:
-        expected["rank_texts"] = (mm.get_image_features(pixel_values) @ mm.get_text_features(**texts).t())[0]
+        expected["rank_texts"] = (mm.embed_image(pixel_values) @ mm.embed_text(**texts).t())[0]
     # Text query: every image is within the top 16, so for hybrid each gets 1 + p(match) of its pair.
     query = processor(text=TEXTS[:1])
     n = len(images)
@@ -130,10 +130,10 @@ def _expected_embedding_tasks(ckpt: str, processor, images) -> dict:
             query["input_ids"].expand(n, -1), all_pixels, query["attention_mask"].expand(n, -1)
         )
     else:
-        expected["rank_images"] = (mm.get_image_features(all_pixels) @ mm.get_text_features(**query).t())[:, 0]
+        expected["rank_images"] = (mm.embed_image(all_pixels) @ mm.embed_text(**query).t())[:, 0]
 
-    expected["image_features"] = mm.get_image_features(pixel_values)
-    expected["text_features"] = mm.get_text_features(**query)
+    expected["image_features"] = mm.embed_image(pixel_values)
+    expected["text_features"] = mm.embed_text(**query)
 
     # Captioning: greedy decoding from [CLS] (empty prompt) and from [CLS] + prompt tokens (no closing [SEP]).
     cls = processor.tokenizer.cls_token_id

@@ -4,10 +4,10 @@ An MM model has up to four trainable parts besides its task head:
 
 | part | modules | fusion styles |
 | --- | --- | --- |
-| `vision` | `mm.vision_model` (late, hybrid); `mm.vision_embeddings` (early: patch projection + positions only) | all |
+| `vision` | `mm.vision_model` (late, hybrid, coattention); `mm.vision_embeddings` (early: patch projection + positions only) | all |
 | `text` | `mm.text_model` (early: the joint encoder over `[text ; image]`) | all |
-| `fusion` | `mm.fusion_layers` + `mm.fusion_layer_norm` (hybrid); `mm.modality_type_embeddings` (early) | early, hybrid |
-| `decoder` | `text_decoder` (captioning and pretraining heads) | late, hybrid |
+| `fusion` | `mm.fusion_layers` + `mm.fusion_layer_norm` (hybrid, coattention; coattention adds `mm.fusion_image_projection` when the widths differ); `mm.modality_type_embeddings` (early) | early, hybrid, coattention |
+| `decoder` | `text_decoder` (captioning and pretraining heads) | late, hybrid, coattention |
 
 Each part is set to one of three modes: `"lora"` (low-rank adapters on its target modules, base weights frozen),
 `"frozen"` (nothing trains) or `"full"` (every weight trains; saved with the adapter through peft's
@@ -73,24 +73,12 @@ def model_parts(model: nn.Module) -> dict[str, list[str]]:
     candidates = {
         "vision": [f"{p}vision_embeddings"] if fusion == "early" else [f"{p}vision_model"],
         "text": [f"{p}text_model"],
-        "fusion": [f"{p}modality_type_embeddings"] if fusion == "early" else [f"{p}fusion_layers", f"{p}fusion_layer_norm"],
+        "fusion": [f"{p}modality_type_embeddings"] if fusion == "early" else [
+            f"{p}fusion_layers", f"{p}fusion_layer_norm", f"{p}fusion_image_projection"
+        ],
         "decoder": ["text_decoder"],
     }
     return {part: [name for name in names if name in modules] for part, names in candidates.items()}
-
-
-def unused_parts(model: nn.Module) -> set[str]:
-    """
-    Parts the head holds but never runs: the captioning head reads only the vision tower and its decoder, so its
-    text tower and fusion layers (kept so that any MM checkpoint loads) get no gradient. Left out of training by
-    default, so that they neither hold adapters nor count as trainable.
-
-    Args:
-        model (`nn.Module`): An MM head or `MMModel`.
-    """
-    if not isinstance(model, MMForConditionalGeneration):
-        return set()
-    return {part for part, roots in model_parts(model).items() if roots and part in ("text", "fusion")}
 
 
 def default_lora_target_modules(model: nn.Module) -> list[str]:
@@ -103,8 +91,9 @@ def default_lora_target_modules(model: nn.Module) -> list[str]:
     - **late**: self-attention of both towers (`mm.vision_model...`, `mm.text_model...`);
     - **hybrid**: both towers, and the fusion layers' self-attention *and* cross-attention to the image (the part
       that aligns the modalities);
-    - **captioning** (late, hybrid): the vision tower and the decoder's self- and cross-attention; the text tower and
-      fusion layers do not run (`unused_parts`) and are frozen by `apply_lora`.
+    - **coattention**: both towers, and both streams' self- and cross-attention in the co-attention layers;
+    - **captioning** (late, hybrid, coattention): the vision tower and the decoder's self- and cross-attention (the
+      head builds nothing else).
 
     Our layers name them `q_proj` / `v_proj`; a foreign BERT/ViT tower contributes `query` / `value`. `apply_lora`
     then keeps only the modules that lie in parts set to `"lora"`. Passing this list straight to `peft.LoraConfig`
@@ -220,7 +209,6 @@ def apply_lora(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"apply_lora: dropout must be in [0, 1), got {dropout}.")
     modes = resolve_freeze(freeze)
-    modes.update({part: "frozen" for part in unused_parts(model) if part not in (freeze or {})})
     parts = model_parts(model)
     for part, mode in modes.items():
         if freeze and part in freeze and mode != "lora" and not parts[part]:
