@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from evaluation.distributed import gather_rows, process_range
 from evaluation.explain import METHOD_FUSIONS, compute_relevance, word_mask
 from modeling_mm import MMPreTrainedModel, MMVisionModel
 
@@ -106,8 +107,9 @@ def evaluate_grounding(
     device = next(model.parameters()).device
     totals = {name: {"peak": 0, "mass": 0} for name, _, _ in variants}
     match = {name: 0.0 for name, _, _ in variants}
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
+    rows = process_range(len(queries))  # under a launcher, this process's block of the queries
+    for start in range(rows.start, rows.stop, batch_size):
+        chunk = queries[start : min(start + batch_size, rows.stop)]
         # No resize: the composite is fed at its own (S x 2S) size, objects at their trained scale.
         inputs = processor(images=[q[0] for q in chunk], text=[q[1] for q in chunk], do_resize=False).to(device)
         words = word_mask(inputs["input_ids"], inputs["attention_mask"], processor.tokenizer.all_special_ids)
@@ -119,6 +121,10 @@ def evaluate_grounding(
             for kind, hit in half_hits(relevance.patch_maps, target_left).items():
                 totals[name][kind] += int(hit.sum())
             match[name] += float(relevance.scores.sum())
+    # Hit counts and score sums add up over the processes' blocks.
+    parts = gather_rows([(totals, match)])
+    totals = {name: {kind: sum(t[name][kind] for t, _ in parts) for kind in ("peak", "mass")} for name in totals}
+    match = {name: sum(m[name] for _, m in parts) for name in match}
     n = len(queries)
     reference = _half_recognition(model, processor, queries, batch_size) if fusion != "early" else None
     results = {
@@ -151,14 +157,14 @@ def _half_recognition(model: MMPreTrainedModel, processor: Any, queries: list[tu
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         inputs = processor(images=[q[0] for q in chunk], text=[q[1] for q in chunk], do_resize=False).to(device)
-        text_embeds = mm.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        text_embeds = mm.embed_text(inputs["input_ids"], inputs["attention_mask"])
         patch = model.config.vision_config.patch_size
         grid_h, grid_w = (side // patch for side in inputs["pixel_values"].shape[-2:])
         columns = torch.arange(grid_h * grid_w, device=device) % grid_w
         similarity = []
         for half in (columns < grid_w // 2, columns >= grid_w // 2):
             keep = half.nonzero().squeeze(1).expand(len(chunk), -1)  # (B, N/2) patch tokens of one half
-            image_embeds = mm.get_image_features(inputs["pixel_values"], image_keep_indices=keep)
+            image_embeds = mm.embed_image(inputs["pixel_values"], image_keep_indices=keep)
             similarity.append((image_embeds * text_embeds).sum(-1))
         target_left = torch.tensor([q[2] for q in chunk], device=device)
         hits += int(((similarity[0] > similarity[1]) == target_left).sum())

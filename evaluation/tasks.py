@@ -1,6 +1,10 @@
 """Evaluation of MM checkpoints over whole splits: loading a checkpoint (or LoRA adapter) for a task, zero-shot
 classification and class-level retrieval recall on easy-VQA, VQA accuracy, captioning (generated captions scored
-with BLEU / ROUGE-L / CIDEr-D and exact match) and image-text classification. `mm evaluate` is the command line."""
+with BLEU / ROUGE-L / CIDEr-D and exact match) and image-text classification. `mm evaluate` is the command line.
+
+Every function runs on the model's device, in batches; under `torchrun` / `accelerate launch` each process evaluates
+its own block of the rows and the per-row results are gathered (`evaluation.distributed`), so the metrics are those
+of one process over the whole split."""
 
 import json
 import logging
@@ -18,6 +22,8 @@ from modeling_mm import (
     MMModel,
 )
 from training.defaults import CAPTION_MAX_NEW_TOKENS
+
+from .distributed import gather_rows, process_range
 
 
 logger = logging.getLogger(__name__)
@@ -117,8 +123,10 @@ def class_level_recall(
 
 
 def _batches(dataset, batch_size: int, desc: str):
-    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch"):
-        yield dataset[start : start + batch_size]
+    """This process's rows of `dataset` (all of them in one process), `batch_size` at a time, as column dicts."""
+    rows = process_range(len(dataset))
+    for start in tqdm(range(rows.start, rows.stop, batch_size), desc=desc, unit="batch"):
+        yield dataset[start : min(start + batch_size, rows.stop)]
 
 
 @torch.no_grad()
@@ -140,14 +148,14 @@ def evaluate_zero_shot_easy_vqa(
     prompts = [f"a {color} {shape}" for color in EASY_VQA_COLORS for shape in EASY_VQA_SHAPES]
     device = next(model.parameters()).device
     text_inputs = processor(text=prompts, padding=True, return_tensors="pt").to(device)
-    text_embeds = model.get_text_features(text_inputs["input_ids"], text_inputs["attention_mask"])  # (24, P)
+    text_embeds = model.embed_text(text_inputs["input_ids"], text_inputs["attention_mask"])  # (24, P)
     image_embeds, labels = [], []
     for batch in _batches(test_images, batch_size, "zero-shot"):
         pixel_values = processor(images=batch["image"], return_tensors="pt")["pixel_values"].to(device)
-        image_embeds.append(model.get_image_features(pixel_values))
+        image_embeds += list(model.embed_image(pixel_values).cpu())  # (P,) per image
         labels += [prompts.index(f"a {c} {s}") for c, s in zip(batch["color"], batch["shape"])]
-    image_embeds = torch.cat(image_embeds)
-    labels = torch.tensor(labels, device=device)
+    image_embeds = torch.stack(gather_rows(image_embeds)).to(device)  # (N, P): every process's images, in order
+    labels = torch.tensor(gather_rows(labels), device=device)
     similarity = image_embeds @ text_embeds.t()  # (N, 24)
     results = {"zero_shot_top1": float((similarity.argmax(1) == labels).float().mean()), "num_images": len(labels)}
     results.update(class_level_recall(similarity, labels, torch.arange(len(prompts), device=device)))
@@ -170,6 +178,7 @@ def evaluate_vqa(model: MMForVisualQuestionAnswering, processor, questions, batc
         logits = model(**inputs).logits
         predictions += [id2label[int(i)] for i in logits.argmax(-1)]
         references += list(batch["answer"])
+    predictions, references = gather_rows(predictions), gather_rows(references)
     results = load_metric("vqa_accuracy").compute(predictions=predictions, references=references)
     results["num_questions"] = len(predictions)
     return results
@@ -211,6 +220,7 @@ def evaluate_captioning(
         )
         predictions += processor.post_process_image_text_to_text(generated)
         references += list(batch[text_column])
+    predictions, references = gather_rows(predictions), gather_rows(references)
     results = load_metric("captioning").compute(predictions=predictions, references=references)
     normalise = lambda text: " ".join(text.lower().split())  # noqa: E731
     results["exact_match"] = float(np.mean([normalise(p) == normalise(r) for p, r in zip(predictions, references)]))
@@ -236,6 +246,7 @@ def evaluate_classification(
         ).to(device)
         predictions += model(**inputs).logits.argmax(-1).tolist()
         references += [label2id[str(label)] if str(label) in label2id else int(label) for label in batch[label_column]]
+    predictions, references = gather_rows(predictions), gather_rows(references)
     results = load_metric("classification").compute(predictions=predictions, references=references)
     results["num_examples"] = len(predictions)
     return results

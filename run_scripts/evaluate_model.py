@@ -5,8 +5,13 @@ Markdown table.
     mm evaluate --model_name_or_path outputs/vqa --task vqa --output_file outputs/vqa/eval.json
     mm evaluate --model_name_or_path outputs/vqa-lora --task vqa     # adapter folder: merged on load
 
+    torchrun --nproc_per_node 2 -m run_scripts.evaluate_model --model_name_or_path outputs/vqa --task vqa
+
 Tasks: `zero_shot` (easy-VQA colour x shape classes by ITC) and `retrieval` (recall@K both ways), `vqa`,
 `captioning` (generate + BLEU/ROUGE-L/CIDEr-D), `classification`. The evaluation functions live in `evaluation.tasks`.
+The model runs on `--device` (default: the accelerator when there is one). Under `torchrun` / `accelerate launch` each
+process evaluates its block of the split and the per-row results are gathered: the metrics equal one process's; only
+rank 0 writes the files.
 """
 
 from dataclasses import dataclass, field
@@ -14,6 +19,7 @@ import json
 import os
 import time
 
+from evaluation.distributed import is_main_process, resolve_device
 from evaluation.tasks import (
     TASK_MODELS,
     _load_split,
@@ -47,6 +53,11 @@ class EvalArguments:
     num_beams: int = field(default=1, metadata={"help": "Captioning: beam width."})
     output_file: str | None = field(default=None, metadata={"help": "JSON results (default: <model>/eval_<task>.json)."})
     revision: str | None = field(default=None, metadata={"help": "Hub revision (pin it for remote code)."})
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Where the model runs, e.g. cuda, cuda:1, mps, cpu (default: the accelerator if present; "
+                          "under a launcher, each process's own)."},
+    )
 
 
 # The canonical columns (`processing.sources`) each task reads from a --dataset_name / --train_file source.
@@ -75,6 +86,7 @@ def main(args: list[str] | None = None) -> dict:
     if task in ("zero_shot", "retrieval") and source != "easy_vqa":
         raise SystemExit("zero_shot/retrieval evaluation is implemented for --dataset easy_vqa.")
     model, processor = load_for_task(eval_args.model_name_or_path, task, eval_args.revision)
+    model.to(resolve_device(eval_args.device))
     text_column = "text"
     if task in ("zero_shot", "retrieval"):
         images = _load_split(data_args.dataset, eval_args.split, "images")
@@ -104,6 +116,8 @@ def main(args: list[str] | None = None) -> dict:
         "split": eval_args.split,
         "results": results,
     }
+    if not is_main_process():
+        return payload  # every process holds the same gathered results; rank 0 writes them
     output_file = eval_args.output_file
     if output_file is None:
         folder = eval_args.model_name_or_path if os.path.isdir(eval_args.model_name_or_path) else "."

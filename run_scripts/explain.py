@@ -9,6 +9,7 @@ The methods (gradcam, rollout, similarity, itc_gradcam, occlusion) live in `eval
 from dataclasses import dataclass, field
 import os
 
+from evaluation.distributed import resolve_device
 from evaluation.explain import (
     METHOD_FUSIONS,
     _as_pil,
@@ -26,6 +27,9 @@ __all__ = ["ExplainArguments", "main"]
 @dataclass
 class ExplainArguments:
     model_name_or_path: str = field(metadata={"help": "MM checkpoint folder (e.g. outputs/pretrain) or Hub id."})
+    device: str | None = field(
+        default=None, metadata={"help": "Where the model runs, e.g. cuda, mps, cpu (default: the accelerator if present)."}
+    )
     text: str | None = field(default=None, metadata={"help": "Text to ground (heatmap) or to query with (gallery)."})
     image: str | None = field(default=None, metadata={"help": "Image file to explain, or the gallery's query image."})
     output: str = field(default="heatmap.png", metadata={"help": "Output PNG."})
@@ -60,6 +64,7 @@ def main(args: list[str] | None = None) -> str:
     (explain_args,) = parse_args((ExplainArguments,), args)
     setup_logging()
     model, processor = load_explainer(explain_args.model_name_or_path)
+    model.to(resolve_device(explain_args.device))
     if explain_args.gallery:
         from processing.data import EASY_VQA_COLORS, EASY_VQA_SHAPES, load_easy_vqa
 

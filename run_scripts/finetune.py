@@ -82,7 +82,6 @@ from training.lora import (
     model_parts,
     save_head_config,
     trainable_parameter_report,
-    unused_parts,
 )
 from training.defaults import CAPTION_MAX_NEW_TOKENS, IMAGE_SIZE, MAX_TEXT_LENGTH, PATCH_EMBEDDING_TYPE, PATCH_SIZE
 
@@ -140,7 +139,7 @@ class ModelArguments:
         },
     )
     fusion: str = field(
-        default="hybrid", metadata={"help": "Towers: fusion style.", "choices": ["early", "late", "hybrid"]}
+        default="hybrid", metadata={"help": "Towers: fusion style.", "choices": ["early", "late", "hybrid", "coattention"]}
     )
     num_fusion_layers: int = field(default=2, metadata={"help": "Towers: cross-attention fusion layers (hybrid)."})
     num_decoder_layers: int = field(default=2, metadata={"help": "Towers: captioning decoder layers."})
@@ -189,17 +188,15 @@ class ModelArguments:
             if bad:
                 raise ValueError(f"--freeze_{bad[0]} lora needs --lora (without it a part is 'full' or 'frozen').")
 
-    def freeze(self, new_parts: set[str] = frozenset(), unused: set[str] = frozenset()) -> dict[str, str]:
+    def freeze(self, new_parts: set[str] = frozenset()) -> dict[str, str]:
         """The mode of every part, defaults filled in: `lora` with `--lora`, else `full`. Under `--lora`, parts in
         `new_parts` (newly initialised: e.g. the decoder of a checkpoint pretrained without the LM objective) train
-        in `full`, since low-rank updates of random weights learn little; parts the head never runs (`unused`) are
-        `frozen`. A mode given on the command line always wins."""
+        in `full`, since low-rank updates of random weights learn little. A mode given on the command line always
+        wins."""
         modes = {}
         for part in MODEL_PARTS:
             if getattr(self, f"freeze_{part}"):
                 modes[part] = getattr(self, f"freeze_{part}")
-            elif part in unused:
-                modes[part] = "frozen"
             else:
                 modes[part] = "full" if not self.lora or part in new_parts else "lora"
         return modes
@@ -517,6 +514,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     # 1. Arguments.
     model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, FinetuneTrainingArguments), args)
+    setup_logging(training_args)  # rank 0 at INFO, the other ranks at --log_level_replica
     task = model_args.task
     # Which input is the "label" that Trainer gathers for compute_metrics: retrieval scores against image ids.
     check_trainer_flags(training_args, label_names=["image_ids"] if task == "retrieval" else ["labels"])
@@ -534,7 +532,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     )
     label2id = {label: i for i, label in enumerate(labels)} if labels is not None else None
     data_collator = _collator(task, processor, label2id, data_args)
-    freeze = model_args.freeze(new_parts, unused_parts(model))
+    # Only the parts this head has (the captioning head builds no text tower or fusion layers): freezing an absent
+    # part is vacuous, so a shared command line (e.g. --freeze_text frozen) works for every task.
+    present = {part for part, roots in model_parts(model).items() if roots}
+    freeze = {part: mode for part, mode in model_args.freeze(new_parts).items() if part in present}
     if new_parts:
         logger.info("Newly initialised parts: %s; modes per part: %s", sorted(new_parts), freeze)
     if model_args.lora:

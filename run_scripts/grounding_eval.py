@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from evaluation.distributed import is_main_process, resolve_device
 from evaluation.explain import METHODS, load_explainer
 from evaluation.grounding import evaluate_grounding, make_composites
 from processing.data import load_easy_vqa
@@ -24,6 +25,9 @@ __all__ = ["GroundingArguments", "main"]
 @dataclass
 class GroundingArguments:
     model_name_or_path: str = field(default="outputs/pretrain", metadata={"help": "MM checkpoint folder."})
+    device: str | None = field(
+        default=None, metadata={"help": "Where the model runs, e.g. cuda, mps, cpu (default: the accelerator if present)."}
+    )
     num_composites: int = field(default=200, metadata={"help": "Composites; each is queried for both objects."})
     seed: int = field(default=0, metadata={"help": "Seed of the pair sampling and placement."})
     batch_size: int = field(default=50, metadata={"help": "Queries per forward/backward pass."})
@@ -40,6 +44,7 @@ def main(args: list[str] | None = None) -> dict:
 
     # 1. Model, processor and composites
     model, processor = load_explainer(grounding_args.model_name_or_path)
+    model.to(resolve_device(grounding_args.device))
     size = model.config.vision_config.image_size
     test = load_easy_vqa(split="test", view="images")
     composites = make_composites(test, grounding_args.num_composites, grounding_args.seed, size)
@@ -56,7 +61,9 @@ def main(args: list[str] | None = None) -> dict:
         eval_seconds=round(time.time() - start, 1),
     )
 
-    # 3. Write and summarise
+    # 3. Write and summarise (under a launcher every process holds the same summed counts; rank 0 writes)
+    if not is_main_process():
+        return results
     output_file = grounding_args.output_file or os.path.join(
         grounding_args.model_name_or_path if os.path.isdir(grounding_args.model_name_or_path) else ".",
         "grounding_eval.json",

@@ -257,7 +257,7 @@ def add_group_ids(dataset, column: str | None):
 
 def main(args: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, PretrainingArguments), args)
-    setup_logging()
+    setup_logging(training_args)  # rank 0 at INFO, the other ranks at --log_level_replica
     check_trainer_flags(training_args, label_names=[])
     set_seed(training_args.seed)
     start = time.time()
@@ -346,7 +346,12 @@ def main(args: list[str] | None = None) -> dict:
         trainer.push_to_hub()
 
     # 5. Zero-shot evaluation on the embedded test split
-    if data_args.zero_shot_eval and data_args.source == "easy_vqa" and trainer.is_world_process_zero():
+    if data_args.zero_shot_eval and data_args.source == "easy_vqa" and trainer.is_fsdp_enabled:
+        # Sharded weights: a forward needs every rank in step, and the ranks' blocks of the split differ in size.
+        logger.warning("No zero-shot evaluation under FSDP: run `mm evaluate --model_name_or_path %s --task zero_shot` "
+                       "(torchrun across processes works) on the saved model.", training_args.output_dir)
+    elif data_args.zero_shot_eval and data_args.source == "easy_vqa":
+        # Every process evaluates its block of the test split; the results are gathered (evaluation.distributed).
         if "itc" in model.config.objectives:
             from evaluation.tasks import evaluate_zero_shot_easy_vqa
 

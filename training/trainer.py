@@ -40,8 +40,25 @@ def default_text_tower_path() -> str:
     return default_tokenizer_path()
 
 
-def setup_logging(level: int = logging.INFO) -> None:
+def setup_logging(training_args=None, level: int = logging.INFO) -> None:
+    """Logs to stdout. With `training_args`, per process as the transformers examples do: the main process (or
+    every node's, `--log_on_each_node`) logs at INFO, unless `--log_level` says otherwise; the other ranks at
+    `--log_level_replica` (warning by default), through `TrainingArguments.get_process_log_level()`; transformers'
+    own loggers follow the same level.
+
+    Args:
+        training_args (`TrainingArguments`, *optional*): The run's arguments, once parsed.
+        level (`int`): The level without `training_args` (single-process tools).
+    """
+    if training_args is not None:
+        from transformers.utils import logging as hf_logging
+
+        if training_args.should_log and training_args.log_level == "passive":
+            hf_logging.set_verbosity_info()
+        level = training_args.get_process_log_level()
+        hf_logging.set_verbosity(level)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stdout)
+    logging.getLogger().setLevel(level)
 
 
 def _use_cpu_processes_under_launcher() -> None:
@@ -109,14 +126,65 @@ def check_trainer_flags(training_args, label_names: list[str]) -> None:
 
 class MMTrainer(Trainer):
     """A Trainer that also logs each objective's loss (`itc_loss`, `itm_loss`, ... from the model output), averaged
-    over the steps since the last log, next to the total `loss`."""
+    over the steps since the last log and over the processes, next to the total `loss`.
 
-    def __init__(self, *args, **kwargs):
+    `--fsdp` on a CPU-only machine (torchrun over gloo): accelerate would silently train plain DDP there. MMTrainer
+    instead puts the processes on accelerate's FSDP2 path (torch's `fully_shard`, the same wrap policy as on GPUs;
+    see `training.distributed.enable_fsdp_on_cpu`) and says so in the log; with `cpu_fsdp=False` it refuses.
+
+    Args:
+        cpu_fsdp (`bool`): On CPU-only machines, honour `--fsdp` with torch's FSDP2 over gloo (default) instead of
+            raising `FSDPOnCPUError`.
+        args, kwargs: Those of `transformers.Trainer`.
+    """
+
+    def __init__(self, *args, cpu_fsdp: bool = True, **kwargs):
+        self.cpu_fsdp = cpu_fsdp
         super().__init__(*args, **kwargs)
         self._objective_sums: dict[str, float] = defaultdict(float)
         self._objective_counts: dict[str, int] = defaultdict(int)
         if not any(isinstance(cb, CompleteCheckpointCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(CompleteCheckpointCallback())  # it marks checkpoints complete, then rotates them
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        from .distributed import FSDPOnCPUError, enable_fsdp_on_cpu, fsdp_fallback_to_ddp
+
+        if fsdp_fallback_to_ddp(self.args, self.accelerator):
+            if not self.cpu_fsdp:
+                raise FSDPOnCPUError(
+                    "--fsdp was given but this machine has no accelerator: accelerate would train plain DDP. Drop "
+                    "--fsdp for DDP, or let MMTrainer shard with torch's FSDP2 on CPU (cpu_fsdp=True)."
+                )
+            enable_fsdp_on_cpu(self.args, self.accelerator)
+            self.is_fsdp_enabled = True
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        replicated = []
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
+            from .distributed import replicate_scalar_parameters, shard_tied_modules_together, wrap_only_present_classes
+
+            wrap_only_present_classes(self.accelerator.state.fsdp_plugin, self.model)
+            replicated = replicate_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)
+            shard_tied_modules_together(self.accelerator, self.model)
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        if replicated:
+            self._sync_replicated_trainable_parameters(model)
+        return model, train_dataloader
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
+        folder = os.path.join(checkpoint, "optimizer_0") if checkpoint else None
+        if plugin is None or not self.accelerator.is_fsdp2 or folder is None or not os.path.isdir(folder):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        from transformers.trainer import SCHEDULER_NAME
+
+        from .distributed import load_sharded_optimizer
+
+        self.accelerator.wait_for_everyone()
+        load_sharded_optimizer(self.model, self.optimizer, folder, plugin)
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
 
     def _save_checkpoint(self, model, trial) -> None:
         # Trainer deletes old checkpoints (save_total_limit) at the end of `_save_checkpoint`, before `on_save` marks
@@ -139,12 +207,27 @@ class MMTrainer(Trainer):
                 os.remove(pickled)
             with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
                 f.write(self.args.to_json_string())
+            if self.is_fsdp_enabled:
+                from .distributed import remove_copied_fsdp_sources
+
+                remove_copied_fsdp_sources(output_dir)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # Trainer pushes from inside save_model; ours pushes once, from `push_to_hub`, after the run has written
         # everything the repo needs (e.g. a LoRA head's config): call `trainer.push_to_hub()` at the end, as the
         # transformers example scripts do.
-        super().save_model(output_dir, _internal_call=True)
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
+        if _internal_call or plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            super().save_model(output_dir, _internal_call=True)
+            return
+        # Under SHARDED_STATE_DICT, Trainer's save_model writes no weights (checkpoints keep the shards): the model a
+        # user saves is gathered into a full state dict, so `from_pretrained` loads it in one process.
+        sharded = plugin.state_dict_type
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+        try:
+            super().save_model(output_dir, _internal_call=True)
+        finally:
+            plugin.set_state_dict_type(sharded)
 
     def push_to_hub(
         self,
@@ -206,8 +289,13 @@ class MMTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._objective_counts:
-            for key, total in self._objective_sums.items():
-                logs[key] = round(total / self._objective_counts[key], 4)
+            from .distributed import reduce_mean
+
+            # Every process logs (Trainer calls `log` on all ranks, rank 0 reports): average the objectives over the
+            # processes as Trainer does for the total loss, so each describes the global batch.
+            means = {key: total / self._objective_counts[key] for key, total in self._objective_sums.items()}
+            for key, value in reduce_mean(means, self.args.device).items():
+                logs[key] = round(value, 4)
             self._objective_sums.clear()
             self._objective_counts.clear()
         super().log(logs, *args, **kwargs)

@@ -1,0 +1,89 @@
+"""`mm evaluate` across processes: under `torchrun --nproc_per_node 2` (gloo, CPU) each process evaluates its block of
+the split and the per-row results are gathered, so zero-shot/retrieval and captioning (generate) metrics equal the
+one-process metrics. The file is also the worker the launch runs (`python tests/test_distributed_evaluation.py`)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# An odd number of rows: the two processes' blocks differ in size (11 and 10).
+NUM_ROWS = 21
+TASKS = ("zero_shot", "captioning")
+
+
+def _evaluate_all(checkpoint: str, out: str) -> None:
+    """Runs `mm evaluate` for every task of TASKS on the first NUM_ROWS test rows, results in `out/<task>.json`."""
+    from run_scripts.evaluate_model import main
+
+    for task in TASKS:
+        main(["--model_name_or_path", checkpoint, "--task", task, "--max_samples", str(NUM_ROWS), "--batch_size", "4",
+              "--max_new_tokens", "5", "--device", "cpu", "--output_file", os.path.join(out, f"{task}.json")])
+
+
+def _metrics(out, task: str) -> dict:
+    with open(os.path.join(out, f"{task}.json")) as f:
+        results = json.load(f)["results"]
+    results.pop("eval_seconds")
+    return results
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny hybrid pretraining checkpoint (ITC and captioning heads) with the real MiniLM tokenizer's processor."""
+    from modeling_mm import MMConfig, MMForPreTraining
+    from processing.data import build_default_processor
+
+    path = tmp_path_factory.mktemp("checkpoint")
+    torch.manual_seed(0)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=37)
+    text = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                max_position_embeddings=64)
+    config = MMConfig(fusion="hybrid", vision_config=vision, text_config=text, projection_dim=16, num_fusion_layers=1,
+                      num_decoder_layers=1, objectives=["itc", "lm"])
+    MMForPreTraining(config).save_pretrained(path)
+    build_default_processor(image_size=32).save_pretrained(path)
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_evaluation_gives_the_one_process_metrics(checkpoint, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    _evaluate_all(checkpoint, str(single))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         __file__, checkpoint, str(double)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    for task in TASKS:
+        one, two = _metrics(single, task), _metrics(double, task)
+        assert set(one) == set(two), task
+        for key, value in one.items():
+            if isinstance(value, float):
+                assert two[key] == pytest.approx(value, abs=1e-6), (task, key)
+            else:
+                assert two[key] == value, (task, key)
+    assert _metrics(double, "zero_shot")["num_images"] == NUM_ROWS
+    assert _metrics(double, "captioning")["num_images"] == NUM_ROWS
+
+
+if __name__ == "__main__":
+    _evaluate_all(sys.argv[1], sys.argv[2])
