@@ -3,8 +3,8 @@
     python benchmarks/fusion_modes.py [--batch 32] [--iters 5] [--out benchmarks/fusion_modes.md]
 
 Size: hidden 256, 4 layers per tower (4 heads), 64x64 images with 8px patches, 16 text tokens, vocabulary 30522,
-2 fusion layers (hybrid). The step is MMForPreTraining's forward + backward with its default objectives for that
-fusion (early: ITM+MLM, late: ITC, hybrid: ITC+ITM+MLM+LM), median of `--iters` after one warm-up, fp32.
+2 fusion layers (hybrid, coattention). The step is MMForPreTraining's forward + backward with its default objectives for that
+fusion (early: ITM+MLM, late: ITC, hybrid and coattention: ITC+ITM+MLM+LM), median of `--iters` after one warm-up, fp32.
 """
 
 import argparse
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    rows = [measure(fusion, args.batch, args.iters) for fusion in ("early", "late", "hybrid")]
+    rows = [measure(fusion, args.batch, args.iters) for fusion in ("early", "late", "hybrid", "coattention")]
     lines = [
         f"Command: `python benchmarks/fusion_modes.py --batch {args.batch} --iters {args.iters}` "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})",

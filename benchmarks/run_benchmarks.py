@@ -1607,9 +1607,10 @@ def write_report(results: dict, out: Path, command: str) -> str:
         "decoding step's vocabulary projection computed as `(W @ h^T)^T`: for 8 rows and a 30,522-word vocabulary "
         "that orientation of the matmul took 4.8 ms instead of 11.7 ms here. Before these, generation measured 1.11× "
         "BLIP's (commit `553372f`).",
-        "- ITC and embeddings: where only the pooled [CLS] state is read (`get_image_features`, "
-        "`get_text_features`, ITC-only pretraining, late-fusion classifiers), each tower's last layer computes "
-        "queries, attention output and MLP for [CLS] alone (`pooled_only`).",
+        "- ITC and embeddings: where only the pooled [CLS] state is read (`embed_image`, `embed_text`, ITC-only "
+        "pretraining, late-fusion classifiers), each tower's last layer computes queries, attention output and MLP "
+        "for [CLS] alone (`pooled_only`). `get_image_features` / `get_text_features` return the whole tower output, "
+        "as CLIP's do, so the embedding rows compare the same work.",
         "- FLIP: only the kept patches are embedded (the patch convolution as a linear map of the unfolded pixels).",
         "- SDPA attention everywhere (FLAVA and BLIP run eager attention in transformers).",
         "",
