@@ -300,14 +300,17 @@ def test_shipped_configs_resolve_with_trainers_own_handling(monkeypatch, tmp_pat
     for name, (kind, machines) in expected.items():
         cluster = ClusterConfig.from_yaml_file(os.path.join(CONFIGS_DIR, f"{name}.yaml"))
         assert (cluster.distributed_type.value, cluster.num_machines) == (kind, machines), name
+    # The shipped files wrap every layer class of the family: this model's, plus the co-attention layer that only
+    # co-attention models have (MMTrainer keeps the classes a model contains).
+    family = set(model._no_split_modules) | {"MMCoAttentionLayer"}
     fsdp_yaml = ClusterConfig.from_yaml_file(os.path.join(CONFIGS_DIR, "accelerate_fsdp.yaml")).fsdp_config
-    assert set(fsdp_yaml["fsdp_transformer_layer_cls_to_wrap"].split(",")) == set(model._no_split_modules)
+    assert set(fsdp_yaml["fsdp_transformer_layer_cls_to_wrap"].split(",")) == family
 
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # TrainingArguments sets it from the config
     fsdp = TrainingArguments(output_dir=str(tmp_path), report_to="none", fsdp="full_shard auto_wrap",
                              fsdp_config=os.path.join(CONFIGS_DIR, "fsdp_config.json"))
     assert fsdp.fsdp_plugin_args["fsdp_version"] == 2
-    assert set(fsdp.fsdp_plugin_args["transformer_cls_names_to_wrap"].split(",")) == set(model._no_split_modules)
+    assert set(fsdp.fsdp_plugin_args["transformer_cls_names_to_wrap"].split(",")) == family
 
 
 def test_fsdp2_on_two_nodes_matches_one_process_and_resumes(one_process, fsdp_runs):

@@ -104,7 +104,7 @@ def test_vqa_lora_saves_adapter_and_merged_model(checkpoint, tmp_path):
           "--merge_lora", "--freeze_vision", "frozen", *FAST])
     summary = _summary(tmp_path)
     assert summary["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05}
-    assert summary["freeze"] == {"vision": "frozen", "text": "lora", "fusion": "lora", "decoder": "lora"}
+    assert summary["freeze"] == {"vision": "frozen", "text": "lora", "fusion": "lora"}  # a VQA head has no decoder
     assert summary["new_parts"] == []  # the classifier is the head, not a part
     assert 0 < summary["trainable_fraction"] < 0.1
     assert os.path.isfile(tmp_path / "adapter_config.json") and not os.path.isfile(tmp_path / "model.safetensors")

@@ -54,7 +54,7 @@ def test_choices_and_lists_are_declared(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     for name, flag, values in (
         ("pretrain", "--objectives", "{itc,itm,mlm,lm} [{itc,itm,mlm,lm} ...]"),
-        ("pretrain", "--fusion", "{early,hybrid,late}"),
+        ("pretrain", "--fusion", "{coattention,early,hybrid,late}"),
         ("finetune", "--task", "{captioning,classification,retrieval,vqa}"),
         ("evaluate", "--task", "{captioning,classification,retrieval,vqa,zero_shot}"),
         ("explain", "--method", "{gradcam,itc_gradcam,occlusion,rollout,similarity}"),
