@@ -485,7 +485,9 @@ def tower_checkpoints(tmp_path_factory) -> dict[str, str]:
     return {"vision": str(folder / "vision"), "text": str(folder / "text")}
 
 
-@pytest.mark.parametrize("head, fusion", HEAD_FUSIONS, ids=lambda x: getattr(x, "__name__", x))
+@pytest.mark.parametrize(
+    "head, fusion", [*HEAD_FUSIONS, *((h, "coattention") for h in HEADS)], ids=lambda x: getattr(x, "__name__", x)
+)
 def test_from_vision_text_pretrained_on_every_head(head, fusion, tower_checkpoints):
     kwargs = dict(fusion=fusion, projection_dim=16, num_fusion_layers=1, num_decoder_layers=1)
     if head in CLASSIFIERS:
