@@ -497,7 +497,9 @@ def test_auto_classes_load_the_copied_code_with_equal_outputs(published, remote,
         assert torch.equal(saved["inputs"][key], value), key
     assert set(saved["outputs"]) == set(expected["auto_outputs"])
     for key, value in expected["auto_outputs"].items():
-        torch.testing.assert_close(saved["outputs"][key], value, atol=ATOL, rtol=0, msg=key)
+        # Relative slack of a few float32 ulps too: the logits are ~14x the cosines, and two processes with several
+        # threads may sum a matmul in different orders.
+        torch.testing.assert_close(saved["outputs"][key], value, atol=ATOL, rtol=2e-6, msg=key)
 
 
 @pytest.mark.parametrize("name", ["hybrid", "late"])
