@@ -51,8 +51,16 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class MMOutput(ModelOutput):
+    """A `ModelOutput` whose nested outputs (the towers') become tuples too, so `return_dict=False` gives plain
+    tuples all the way down (as CLIP's output does)."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
 @dataclass
-class MMModelOutput(ModelOutput):
+class MMModelOutput(MMOutput):
     r"""
     Output of [`MMModel`]. Fields a fusion style does not produce stay `None`.
 
@@ -96,10 +104,6 @@ class MMModelOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
     fused_image_last_hidden_state: torch.FloatTensor | None = None
-
-    def to_tuple(self) -> tuple:
-        # Nested tower outputs become tuples too, so `return_dict=False` gives plain tuples all the way down (CLIP).
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 @dataclass

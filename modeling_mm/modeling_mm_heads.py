@@ -32,6 +32,7 @@ from .losses import (
 )
 from .modeling_mm import (
     MMModel,
+    MMOutput,
     MMPreTrainedModel,
     MMTextDecoder,
     _eager_checks,
@@ -55,7 +56,7 @@ __all__ = [
 
 
 @dataclass
-class MMForPreTrainingOutput(ModelOutput):
+class MMForPreTrainingOutput(MMOutput):
     r"""
     Output of [`MMForPreTraining`]; every objective's loss is reported next to the weighted total.
 
@@ -91,12 +92,9 @@ class MMForPreTrainingOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
 
-    def to_tuple(self) -> tuple:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
 
 @dataclass
-class MMImageTextClassifierOutput(ModelOutput):
+class MMImageTextClassifierOutput(MMOutput):
     r"""
     Output of the classifier heads ([`MMForVisualQuestionAnswering`], [`MMForImageTextClassification`]).
 
@@ -120,12 +118,9 @@ class MMImageTextClassifierOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
 
-    def to_tuple(self) -> tuple:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
 
 @dataclass
-class MMRetrievalOutput(ModelOutput):
+class MMRetrievalOutput(MMOutput):
     r"""
     Output of [`MMForImageTextRetrieval`].
 
@@ -152,12 +147,9 @@ class MMRetrievalOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
 
-    def to_tuple(self) -> tuple:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
 
 @dataclass
-class MMCausalLMOutput(ModelOutput):
+class MMCausalLMOutput(MMOutput):
     r"""
     Output of [`MMForConditionalGeneration`] (transformers' causal-LM output plus the image encoder's, as 5.x
     vision-language models return it).
@@ -178,9 +170,6 @@ class MMCausalLMOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 def random_keep_indices(
