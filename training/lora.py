@@ -42,7 +42,6 @@ __all__ = [
     "resolve_freeze",
     "save_head_config",
     "trainable_parameter_report",
-    "unused_parts",
 ]
 
 FREEZE_MODES = ("lora", "frozen", "full")
