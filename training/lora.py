@@ -194,7 +194,7 @@ def apply_lora(
             `default_lora_target_modules(model)` when not given. Only matches inside parts in `"lora"` mode (and
             outside every part, e.g. a projection named explicitly) are adapted.
         freeze (`Mapping[str, str]`, *optional*): Mode per part, e.g. `{"vision": "frozen", "text": "lora"}`; parts
-            not named are `"lora"`, except `unused_parts(model)`, which are `"frozen"`. See the module docstring.
+            not named are `"lora"`. See the module docstring.
         modules_to_save (`list[str]`, *optional*): Modules trained in full and saved with the adapter;
             `default_modules_to_save(model)` when not given. Parts in `"full"` mode are added to them.
 
