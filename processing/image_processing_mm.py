@@ -26,7 +26,6 @@ crops each image with PIL and rescales + normalizes images of one shape as one s
 import io
 import os
 import warnings
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -347,12 +346,22 @@ class MMImageDecodingMixin:
     """
     What `MMImageProcessor` and `MMVideoProcessor` share on top of transformers' `PilBackend`: validation of the
     settings, the strict decoder (reads `do_convert_rgb`, `background_color` and `max_image_pixels`) and the
-    resize / crop / rescale / normalize pass over decoded images.
+    resize / crop / rescale / normalize pass over decoded images. The defaults both processors share are declared
+    here, once (the mixin comes first in both classes' bases, so these override the backends' own).
     """
 
-    do_convert_rgb: bool
-    background_color: Sequence[int]
-    max_image_pixels: int
+    resample = PILImageResampling.BICUBIC
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+    size = {"height": 224, "width": 224}
+    default_to_square = True
+    do_resize = True
+    do_center_crop = None  # resolved per call from `size`: crop after a `shortest_edge` resize only
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    background_color = (255, 255, 255)
+    max_image_pixels = 50_000_000
 
     def _standardize_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         """transformers' standardisation, then our validation: every invalid value raises naming its field."""
@@ -579,18 +588,6 @@ class MMImageProcessor(MMImageDecodingMixin, PilBackend):
     """
 
     valid_kwargs = MMImageProcessorKwargs
-    resample = PILImageResampling.BICUBIC
-    image_mean = (0.5, 0.5, 0.5)
-    image_std = (0.5, 0.5, 0.5)
-    size = {"height": 224, "width": 224}
-    default_to_square = True
-    do_resize = True
-    do_center_crop = None  # resolved per call from `size`: crop after a `shortest_edge` resize only
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
-    background_color = (255, 255, 255)
-    max_image_pixels = 50_000_000
 
     def __init__(self, **kwargs: Unpack[MMImageProcessorKwargs]):
         # Written by `to_dict` so `AutoImageProcessor` can find the class; not a setting.

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import Unpack, VideosKwargs
 
 # `validate_typed_dict` as the parent `preprocess` uses it (re-exported there, so the file imports only transformers).
@@ -134,18 +133,6 @@ class MMVideoProcessor(MMImageDecodingMixin, VideoProcessorMixin, PilBackend):
 
     valid_kwargs = MMVideoProcessorKwargs
     model_input_names = ["pixel_values_videos"]
-    resample = PILImageResampling.BICUBIC
-    image_mean = (0.5, 0.5, 0.5)
-    image_std = (0.5, 0.5, 0.5)
-    size = {"height": 224, "width": 224}
-    default_to_square = True
-    do_resize = True
-    do_center_crop = None  # resolved per call from `size`: crop after a `shortest_edge` resize only
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
-    background_color = (255, 255, 255)
-    max_image_pixels = 50_000_000
     do_sample_frames = True
     num_frames = 8
     fps = None
