@@ -13,6 +13,7 @@ __all__ = [
     "FUSION_OBJECTIVES",
     "DEFAULT_OBJECTIVES",
     "TOWER_FUSIONS",
+    "CONTRASTIVE_LOSSES",
 ]
 
 
@@ -274,6 +275,13 @@ DEFAULT_OBJECTIVES: dict[str, tuple[str, ...]] = {
 # the towers: one-way text-to-image cross-attention (hybrid) or two-way co-attention (LXMERT / ViLBERT).
 TOWER_FUSIONS: tuple[str, ...] = ("late", "hybrid", "coattention")
 CROSS_FUSIONS: tuple[str, ...] = ("hybrid", "coattention")
+# The ITC loss of each `contrastive_loss` and its initial log temperature (and logit bias): CLIP's ln(1/0.07) for the
+# softmax; SigLIP's ln(10) and -10 for the sigmoid (Zhai et al. 2023, sec. 3.2: the bias keeps the many negatives' loss
+# near zero at the start).
+CONTRASTIVE_LOSSES: dict[str, dict[str, float | None]] = {
+    "infonce": {"logit_scale_init_value": 2.6592, "logit_bias_init_value": None},
+    "sigmoid": {"logit_scale_init_value": 2.3026, "logit_bias_init_value": -10.0},
+}
 
 
 def _build_sub_config(value, default_cls: type[PreTrainedConfig], key: str) -> PreTrainedConfig:
@@ -316,11 +324,16 @@ class MMConfig(PreTrainedConfig):
         num_fusion_layers (`int`): Fusion layers (hybrid, coattention).
         num_decoder_layers (`int`): Layers of the image-conditioned captioning decoder (late and hybrid).
         projection_dim (`int`): Width of the shared ITC embedding space (late and hybrid).
-        logit_scale_init_value (`float`): Initial log temperature of ITC; ln(1/0.07) as in CLIP.
+        contrastive_loss (`str`): The ITC loss: `"infonce"` (CLIP's symmetric softmax over the global batch) or
+            `"sigmoid"` (SigLIP's pairwise sigmoid with a learned `logit_bias`, exchanged around a ring of ranks
+            instead of gathered; better at small batch). Tower fusions only.
+        logit_scale_init_value (`float`, *optional*): Initial log temperature of ITC; default per loss: ln(1/0.07) for
+            `infonce` (CLIP), ln(10) for `sigmoid` (SigLIP).
         logit_scale_max (`float`): Clamp for the log temperature; ln(100) as in CLIP, keeps the loss stable.
-        logit_bias_init_value (`float`, *optional*): The logit bias `b` of a sigmoid-loss model (SigLIP:
-            `logits = exp(logit_scale) * cos + b`). A checkpoint converted from SigLIP keeps its trained bias here so
-            that converting back restores it; the model itself adds no bias (its softmax ITC is invariant to one).
+        logit_bias_init_value (`float`, *optional*): The logit bias `b` (SigLIP: `logits = exp(logit_scale) * cos + b`).
+            With `contrastive_loss="sigmoid"` the model learns a `logit_bias` parameter initialised here (default -10,
+            as SigLIP). With `infonce` the model has no bias (a softmax is invariant to one); a checkpoint converted
+            from SigLIP keeps its trained bias here so that converting back restores it.
         image_mask_ratio (`float`): FLIP: fraction of image patches dropped per sample during pretraining (0 = off).
         objectives (`list[str]`): Pretraining objectives among `itc`, `itm`, `mlm`, `lm`; default per fusion.
         itc_weight, itm_weight, mlm_weight, lm_weight (`float`): Weights of each objective in the total loss.
@@ -337,7 +350,8 @@ class MMConfig(PreTrainedConfig):
     num_fusion_layers: int = 2
     num_decoder_layers: int = 2
     projection_dim: int = 256
-    logit_scale_init_value: float = 2.6592
+    contrastive_loss: str = "infonce"
+    logit_scale_init_value: float | None = None
     logit_scale_max: float = 4.6052
     logit_bias_init_value: float | None = None
     image_mask_ratio: float = 0.0
@@ -366,6 +380,21 @@ class MMConfig(PreTrainedConfig):
         if self.fusion in CROSS_FUSIONS and self.num_fusion_layers < 1:
             raise ValueError(f"MMConfig.num_fusion_layers must be >= 1 with fusion={self.fusion!r}.")
         _check_probability(self, ("image_mask_ratio",), upper_inclusive=False)
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(
+                f"MMConfig.contrastive_loss must be one of {sorted(CONTRASTIVE_LOSSES)}, got {self.contrastive_loss!r}."
+            )
+        if self.contrastive_loss != "infonce" and self.fusion not in TOWER_FUSIONS:
+            raise ValueError(
+                f"MMConfig.contrastive_loss={self.contrastive_loss!r} needs a fusion with towers {TOWER_FUSIONS}; "
+                f"fusion={self.fusion!r} has no ITC."
+            )
+        for name, default in CONTRASTIVE_LOSSES[self.contrastive_loss].items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        scale = self.logit_scale_init_value
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale != scale:
+            raise ValueError(f"MMConfig.logit_scale_init_value must be a number, got {scale!r}.")
         bias = self.logit_bias_init_value
         if bias is not None and (not isinstance(bias, (int, float)) or isinstance(bias, bool) or bias != bias):
             raise ValueError(f"MMConfig.logit_bias_init_value must be a number or None, got {bias!r}.")
@@ -416,6 +445,13 @@ class MMConfig(PreTrainedConfig):
         for name in ("itc_weight", "itm_weight", "mlm_weight", "lm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+
+    def itc_init_value(self, name: str) -> float | None:
+        """`logit_scale_init_value` / `logit_bias_init_value`, or the default of `contrastive_loss` when it is unset
+        (e.g. `contrastive_loss` changed after the config was built, as `from_pretrained(..., contrastive_loss=...)`
+        does)."""
+        value = getattr(self, name)
+        return CONTRASTIVE_LOSSES[self.contrastive_loss][name] if value is None else value
 
     @property
     def vocab_size(self) -> int:

@@ -3,6 +3,10 @@
 The contrastive loss takes `rank` / `world_size` explicitly. Under torch.distributed, features are all-gathered *with
 gradient* and each rank computes the loss of its own rows against the global batch ("local loss"): averaged over ranks
 by DDP, this gives the same loss and gradients as one process holding the whole batch.
+
+The sigmoid loss (SigLIP) needs no global logit matrix: each rank scores its images against its own texts, then passes
+text features to its neighbours around a ring (both directions at once), so every image meets every text with memory
+for two local blocks only.
 """
 
 import torch
@@ -13,9 +17,12 @@ from torch import nn
 __all__ = [
     "contrastive_loss",
     "contrastive_loss_and_logits",
+    "sigmoid_loss",
+    "sigmoid_loss_and_logits",
     "next_token_targets",
     "token_cross_entropy",
     "gather_features",
+    "gather_padded",
     "distributed_info",
     "itm_loss",
     "causal_lm_loss",
@@ -31,14 +38,29 @@ def distributed_info() -> tuple[int, int]:
 
 
 def gather_features(features: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """All-gathers `(B, D)` features from every rank into `(world_size * B, D)`, keeping the gradient path to every
+    """All-gathers `(B, ...)` features from every rank into `(world_size * B, ...)`, keeping the gradient path to every
     rank's features (torch.distributed.nn's all_gather sums the incoming gradients back onto their owners)."""
     if world_size == 1:
         return features
     import torch.distributed.nn.functional as dist_nn
 
-    gathered = dist_nn.all_gather(features)
+    gathered = dist_nn.all_gather(features.contiguous())
     return torch.cat(gathered, dim=0)
+
+
+def gather_padded(features: torch.Tensor, rank: int, world_size: int, pad_value: float = 0) -> torch.Tensor:
+    """`gather_features` for `(B, L, ...)` sequences whose length differs between ranks (each rank's collator pads to
+    its own longest text): every rank's rows are padded with `pad_value` to the longest `L` first."""
+    if world_size == 1:
+        return features
+    length = torch.tensor([features.shape[1]], device=features.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    pad = int(length) - features.shape[1]
+    if pad:
+        features = nn.functional.pad(features, (0, 0) * (features.ndim - 2) + (0, pad), value=pad_value)
+    if not features.requires_grad:
+        return _all_gather(features)
+    return gather_features(features, rank, world_size)
 
 
 def contrastive_loss(
@@ -105,11 +127,161 @@ def contrastive_loss_and_logits(
 
 
 def _gather_ids(ids: torch.Tensor, world_size: int) -> torch.Tensor:
-    if world_size == 1:
-        return ids
-    gathered = [torch.empty_like(ids) for _ in range(world_size)]
-    dist.all_gather(gathered, ids.contiguous())
+    return ids if world_size == 1 else _all_gather(ids)
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Plain (gradient-free) all-gather along dim 0."""
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered)
+
+
+def sigmoid_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+    ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of `sigmoid_loss_and_logits` alone."""
+    return sigmoid_loss_and_logits(image_embeds, text_embeds, logit_scale, logit_bias, rank, world_size, ids)[0]
+
+
+def sigmoid_loss_and_logits(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+    ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise sigmoid loss (SigLIP, Zhai et al. 2023, eq. 1): every image-text pair is an independent binary
+    problem, `-log sigmoid(z_ij * (t * x_i . y_j + b))` with `z_ij = 1` for positives and -1 otherwise, summed over
+    the global batch and divided by the local batch size (so DDP's mean over ranks equals one process's loss).
+
+    Across ranks the text features travel around a ring with gradient (each block's gradient returns to its owner),
+    both directions at once: `ceil((W - 1) / 2)` exchange steps, never a `(B, W*B)` logit matrix.
+
+    Args:
+        image_embeds: `(B, D)` local L2-normalised image embeddings.
+        text_embeds: `(B, D)` local L2-normalised text embeddings.
+        logit_scale: Scalar temperature multiplier `t` (already exponentiated and clamped).
+        logit_bias: Scalar bias `b` (SigLIP initialises it at -10 so that the many negatives start near 0 loss).
+        rank, world_size: Position of this process; with `world_size > 1` every rank's texts are scored.
+        ids: Optional `(B,)` group ids (e.g. `image_ids`): items sharing an id are positives of each other, on any
+            rank. `None`: only row i with text i.
+
+    Returns:
+        `(loss, local_logits_per_image)`: the scalar loss and the `(B, B)` logits of this rank's images against its own
+        texts (they also feed hard-negative mining).
+    """
+    if image_embeds.shape != text_embeds.shape:
+        raise ValueError(
+            f"sigmoid_loss needs paired embeddings; got image {tuple(image_embeds.shape)} and text "
+            f"{tuple(text_embeds.shape)}."
+        )
+    batch = image_embeds.shape[0]
+    if ids is None:
+        # Distinct ids across ranks: the rank offset keeps another rank's row i from matching ours.
+        ids = torch.arange(batch, device=image_embeds.device) + rank * batch
+
+    def block_loss(texts: torch.Tensor, text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logit_scale * image_embeds @ texts.t() + logit_bias  # (B, B_other)
+        signs = 2.0 * (ids[:, None] == text_ids[None, :]).to(logits.dtype) - 1.0  # +1 positive, -1 negative
+        return -nn.functional.logsigmoid(signs * logits).sum() / batch, logits
+
+    loss, local = block_loss(text_embeds, ids)
+    if world_size == 1:
+        return loss, local
+    left, right = (rank - 1) % world_size, (rank + 1) % world_size
+    # Two chains: one carries texts rightwards (we receive rank-1, rank-2, ...), the other leftwards (rank+1, ...).
+    to_right = to_left = text_embeds
+    ids_to_right = ids_to_left = ids
+    remaining = world_size - 1
+    while remaining > 0:
+        if remaining >= 2:
+            from_left, from_right = _RingExchange.apply(left, right, to_left, to_right)
+            ids_from_left, ids_from_right = _exchange_ids(left, right, ids_to_left, ids_to_right)
+            for texts, text_ids in ((from_left, ids_from_left), (from_right, ids_from_right)):
+                loss = loss + block_loss(texts, text_ids)[0]
+            to_right, to_left = from_left, from_right
+            ids_to_right, ids_to_left = ids_from_left, ids_from_right
+            remaining -= 2
+        else:
+            # One block left (an even world size): only the rightward chain moves.
+            from_left = _RingShift.apply(left, right, to_right)
+            ids_from_left = _exchange_ids(left, right, None, ids_to_right)[0]
+            loss = loss + block_loss(from_left, ids_from_left)[0]
+            remaining -= 1
+    return loss, local
+
+
+def _p2p(sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
+    """Posts every send and receive at once and waits for all (no ordering deadlock around the ring). Tags tell two
+    messages between the same pair of ranks apart (world size 2: left and right are the same rank)."""
+    ops = [dist.P2POp(dist.isend, tensor.contiguous(), peer, tag=tag) for tag, (tensor, peer) in enumerate(sends)]
+    ops += [dist.P2POp(dist.irecv, tensor, peer, tag=tag) for tag, (tensor, peer) in enumerate(recvs)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+
+
+def _exchange_ids(
+    left: int, right: int, to_left: torch.Tensor | None, to_right: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Moves id vectors along the ring like the features: `to_right` to the right neighbour (we get the left's), and
+    `to_left` to the left neighbour when given. Returns `(from_left, from_right)`."""
+    from_left = torch.empty_like(to_right)
+    if to_left is None:
+        _p2p([(to_right, right)], [(from_left, left)])
+        return from_left, None
+    from_right = torch.empty_like(to_left)
+    # Tag 0 travels rightwards, tag 1 leftwards, so a receive never takes the other direction's message.
+    _p2p([(to_right, right), (to_left, left)], [(from_left, left), (from_right, right)])
+    return from_left, from_right
+
+
+class _RingShift(torch.autograd.Function):
+    """Sends a tensor to the right neighbour and returns the left neighbour's; the gradient goes back leftwards, to
+    the tensor's owner."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, to_right: torch.Tensor) -> torch.Tensor:
+        ctx.left, ctx.right = left, right
+        from_left = torch.empty_like(to_right)
+        _p2p([(to_right, right)], [(from_left, left)])
+        return from_left
+
+    @staticmethod
+    def backward(ctx, grad_from_left: torch.Tensor):
+        grad_to_right = torch.empty_like(grad_from_left)
+        _p2p([(grad_from_left, ctx.left)], [(grad_to_right, ctx.right)])
+        return None, None, grad_to_right
+
+
+class _RingExchange(torch.autograd.Function):
+    """Both directions at once: `to_right` goes right and `to_left` left; returns `(from_left, from_right)`. The
+    backward is the same exchange applied to the gradients, each returning to the rank it came from."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, to_left: torch.Tensor, to_right: torch.Tensor):
+        ctx.left, ctx.right = left, right
+        from_left, from_right = torch.empty_like(to_right), torch.empty_like(to_left)
+        _p2p([(to_right, right), (to_left, left)], [(from_left, left), (from_right, right)])
+        return from_left, from_right
+
+    @staticmethod
+    def backward(ctx, grad_from_left: torch.Tensor, grad_from_right: torch.Tensor):
+        # What came from the left goes back left, and the left neighbour returns the gradient of our `to_left`.
+        grad_to_left, grad_to_right = torch.empty_like(grad_from_right), torch.empty_like(grad_from_left)
+        _p2p(
+            [(grad_from_left.contiguous(), ctx.left), (grad_from_right.contiguous(), ctx.right)],
+            [(grad_to_right, ctx.right), (grad_to_left, ctx.left)],
+        )
+        return None, None, grad_to_left, grad_to_right
 
 
 @torch.no_grad()
@@ -118,26 +290,38 @@ def sample_hard_negatives(
     image_ids: torch.Tensor | None,
     generator: torch.Generator | None = None,
     sample: bool = True,
+    similarity_t2i: torch.Tensor | None = None,
+    column_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ALBEF hard-negative mining: for every row pick a negative column with probability softmax(similarity),
     never a column that shares the row's `image_id` (so duplicate captions of one image are never negatives).
 
     Args:
-        similarity: `(B, B)` image-to-text ITC logits of the local batch.
-        image_ids: `(B,)` ids; rows with equal ids are positives of each other. `None` means all distinct.
+        similarity: `(B, C)` image-to-text ITC logits: the local batch's images against the candidate texts (the local
+            batch, `C = B`, or every rank's, `C = W * B`).
+        image_ids: `(B,)` ids of the rows; rows and columns with equal ids are positives of each other. `None` means
+            all distinct (with square `similarity` only).
         generator: Random generator of the draw.
         sample: Draw from softmax(similarity) (training); `False` takes the most similar valid column instead, a
             deterministic choice for evaluation (ties go to the lowest index).
+        similarity_t2i: `(B, C)` text-to-image logits of the local texts against the candidate images; default
+            `similarity.t()` (square case).
+        column_ids: `(C,)` ids of the candidates; default `image_ids` (square case).
 
     Returns:
-        `(neg_text_for_image, neg_image_for_text)`: two `(B,)` index tensors; -1 where a row has no valid negative.
+        `(neg_text_for_image, neg_image_for_text)`: two `(B,)` index tensors into the candidates; -1 where a row has no
+        valid negative.
     """
     batch = similarity.shape[0]
     if image_ids is None:
         image_ids = torch.arange(batch, device=similarity.device)
-    same = image_ids[:, None] == image_ids[None, :]  # (B, B)
+    if column_ids is None:
+        column_ids = image_ids
+    if similarity_t2i is None:
+        similarity_t2i = similarity.t()
+    same = image_ids[:, None] == column_ids[None, :]  # (B, C)
     picks = []
-    for sim in (similarity, similarity.t()):
+    for sim in (similarity, similarity_t2i):
         weights = torch.softmax(sim.float(), dim=1).masked_fill(same, 0.0)
         valid = weights.sum(1) > 0
         # Rows without any valid negative get uniform dummy weights; their pick is discarded below.

@@ -27,7 +27,13 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mm import CROSS_FUSIONS, TOWER_FUSIONS, MMConfig, MMEfficientNetLiteConfig, MMTextConfig, MMVisionConfig
-from .losses import contrastive_loss, next_token_targets, token_cross_entropy
+from .losses import (
+    contrastive_loss_and_logits,
+    distributed_info,
+    next_token_targets,
+    sigmoid_loss_and_logits,
+    token_cross_entropy,
+)
 from .modeling_efficientnet_lite import MMEfficientNetLiteModel
 
 
@@ -820,7 +826,9 @@ class MMPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.temporal_embedding)
         elif isinstance(module, MMModel):
             if module.logit_scale is not None:
-                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+                init.constant_(module.logit_scale, self.config.itc_init_value("logit_scale_init_value"))
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.itc_init_value("logit_bias_init_value"))
             if module.modality_type_embeddings is not None:
                 init.normal_(module.modality_type_embeddings.weight, std=std)
 
@@ -1191,7 +1199,7 @@ class MMModel(MMPreTrainedModel):
         if add_text_model or config.fusion == "early":
             # Left unset otherwise (not None): code that looks for a `text_model` sub-model finds none.
             self.text_model = _build_tower(config.text_config)
-        self.logit_scale = None
+        self.logit_scale = self.logit_bias = None
         self.modality_type_embeddings = None
         self.visual_projection = self.text_projection = None
         self.fusion_layers = None
@@ -1203,7 +1211,9 @@ class MMModel(MMPreTrainedModel):
             if add_projections:
                 self.visual_projection = nn.Linear(vision_hidden, config.projection_dim, bias=False)
                 self.text_projection = nn.Linear(text_hidden, config.projection_dim, bias=False)
-                self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+                self.logit_scale = nn.Parameter(torch.tensor(config.itc_init_value("logit_scale_init_value")))
+                if config.contrastive_loss == "sigmoid":
+                    self.logit_bias = nn.Parameter(torch.tensor(config.itc_init_value("logit_bias_init_value")))
         if config.fusion in CROSS_FUSIONS and add_fusion_layers:
             layer_config = _text_layer_config(config)
             if config.fusion == "hybrid":
@@ -1383,6 +1393,24 @@ class MMModel(MMPreTrainedModel):
     def clamped_logit_scale(self) -> torch.Tensor:
         # CLIP clamps the learned temperature at 100 so the logits cannot blow up.
         return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+
+    def similarity(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """`(N_image, N_text)` ITC logits of L2-normalised embeddings: `t * cos` (+ the learned bias of the sigmoid
+        loss, so that `sigmoid(logits)` is the model's match probability, as SigLIP's)."""
+        logits = self.clamped_logit_scale() * image_embeds @ text_embeds.t()
+        return logits + self.logit_bias if self.logit_bias is not None else logits
+
+    def itc_loss_and_logits(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, ids: torch.LongTensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ITC loss of `config.contrastive_loss` over the global batch (every rank of torch.distributed) and the
+        local `(B, B)` image-to-text logits, from `(B, D)` L2-normalised embeddings; items sharing an `ids` value are
+        positives of each other. Every ITC in the package (heads, gradient caching) goes through here."""
+        rank, world_size = distributed_info()
+        scale = self.clamped_logit_scale()
+        if self.config.contrastive_loss == "sigmoid":
+            return sigmoid_loss_and_logits(image_embeds, text_embeds, scale, self.logit_bias, rank, world_size, ids)
+        return contrastive_loss_and_logits(image_embeds, text_embeds, scale, rank, world_size, ids)
 
     # -- fusion -------------------------------------------------------------------------------------------------------
 
@@ -1571,10 +1599,10 @@ class MMModel(MMPreTrainedModel):
             if image_out is not None:
                 image_embeds = self.project_image(image_out.pooler_output)
         if text_embeds is not None and image_embeds is not None:
-            logits_per_text = text_embeds @ image_embeds.t() * self.clamped_logit_scale()  # (B_text, B_image)
-            logits_per_image = logits_per_text.t()
+            logits_per_image = self.similarity(image_embeds, text_embeds)  # (B_image, B_text)
+            logits_per_text = logits_per_image.t()
             if return_loss:
-                loss = contrastive_loss(image_embeds, text_embeds, self.clamped_logit_scale())
+                loss = self.itc_loss_and_logits(image_embeds, text_embeds)[0]
         fused = None
         # Fusion pairs text i with image i, so it runs only on paired batches; a gallery of different sizes (one image
         # against N candidate labels, as the zero-shot-image-classification pipeline sends) gets the ITC outputs only.

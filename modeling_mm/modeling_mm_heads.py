@@ -24,8 +24,9 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_mm import CROSS_FUSIONS, MMConfig, MMTextConfig
 from .losses import (
     causal_lm_loss,
-    contrastive_loss_and_logits,
     distributed_info,
+    gather_features,
+    gather_padded,
     itm_loss,
     sample_hard_negatives,
     token_cross_entropy,
@@ -64,6 +65,9 @@ class MMForPreTrainingOutput(MMOutput):
         loss (`torch.FloatTensor` of shape `()`): Weighted sum of the objectives that ran.
         itc_loss, itm_loss, mlm_loss, lm_loss (`torch.FloatTensor` of shape `()`): Each objective's loss.
         logits_per_image (`torch.FloatTensor` of shape `(B, B)`): ITC logits of the local batch.
+        image_embeds, text_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): The L2-normalised ITC
+            embeddings the logits come from (late, hybrid, coattention with `itc` or `itm`); gradient caching
+            (`training.gradcache`) backpropagates through them.
         itm_logits (`torch.FloatTensor` of shape `(P, 2)`): ITM scores of positives then hard negatives.
         itm_labels (`torch.LongTensor` of shape `(P,)`): 1 for matched pairs, 0 for negatives.
         mlm_logits (`torch.FloatTensor` of shape `(N_masked, V)`): MLM predictions at the masked positions, in
@@ -83,6 +87,8 @@ class MMForPreTrainingOutput(MMOutput):
     mlm_loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     itm_labels: torch.LongTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
@@ -378,34 +384,67 @@ class MMForPreTraining(MMPreTrainedModel):
     def _itc(
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_ids: torch.LongTensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """ITC loss over the global batch (None without the `itc` objective) and the local `(B, B)` image-to-text
-        logits, which the loss module computes once for both (they also feed hard-negative mining)."""
-        scale = self.mm.clamped_logit_scale()
+        """ITC loss of `config.contrastive_loss` over the global batch (None without the `itc` objective) and the local
+        `(B, B)` image-to-text logits, which the loss computes once for both (they also feed hard-negative mining)."""
         if "itc" not in self.config.objectives:
-            return None, scale * image_embeds @ text_embeds.t()
-        rank, world_size = distributed_info()
-        return contrastive_loss_and_logits(image_embeds, text_embeds, scale, rank, world_size, ids=image_ids)
+            return None, self.mm.similarity(image_embeds, text_embeds)
+        return self.mm.itc_loss_and_logits(image_embeds, text_embeds, image_ids)
 
     def _itm_pairs(
         self, similarity: torch.Tensor | None, image_ids: torch.LongTensor | None, batch: int, device: torch.device
     ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
-        """ITM pairs `(text_idx, image_idx, labels)`: the B positives (i, i), then for every image a hard negative
-        text and for every text a hard negative image (ALBEF), drawn from softmax(similarity) in training and the
-        hardest in eval. Early fusion has no unimodal similarity: its negatives are uniform (one image per text)."""
+        """ITM pairs `(text_idx, image_idx, labels)` of the local batch: the B positives (i, i), then for every image a
+        hard negative text and for every text a hard negative image (ALBEF), drawn from softmax(similarity) in training
+        and the hardest in eval. Early fusion has no unimodal similarity: its negatives are uniform (one image per
+        text)."""
         rows = torch.arange(batch, device=device)
         if similarity is None:
             ids = image_ids if image_ids is not None else rows
             _, neg_image = sample_hard_negatives(torch.zeros(batch, batch, device=device), ids, sample=self.training)
             has = neg_image >= 0
             text_idx, image_idx = torch.cat([rows, rows[has]]), torch.cat([rows, neg_image[has]])
-        else:
-            neg_text, neg_image = sample_hard_negatives(similarity.detach(), image_ids, sample=self.training)
-            has_t, has_i = neg_text >= 0, neg_image >= 0
-            # Pairs: positives (i, i); (image i, hard negative text); (hard negative image, text j).
-            image_idx = torch.cat([rows, rows[has_t], neg_image[has_i]])
-            text_idx = torch.cat([rows, neg_text[has_t], rows[has_i]])
-        labels = torch.cat([torch.ones_like(rows), torch.zeros_like(text_idx[batch:])])
-        return text_idx, image_idx, labels
+            labels = torch.cat([torch.ones_like(rows), torch.zeros_like(text_idx[batch:])])
+            return text_idx, image_idx, labels
+        return _hard_negative_pairs(*sample_hard_negatives(similarity.detach(), image_ids, sample=self.training), rows)
+
+    def _itm_inputs(
+        self,
+        text_hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_hidden: torch.Tensor,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        similarity: torch.Tensor,
+        image_ids: torch.LongTensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.LongTensor, torch.LongTensor, int]:
+        """What the fusion layers need for ITM: `(text_rows, mask_rows, image_bank, image_idx, labels, offset)`.
+
+        Hard negatives are mined over the global batch: under torch.distributed the local images are scored against
+        every rank's texts and the local texts against every rank's images (the ITC embeddings, gathered without
+        gradient), and the chosen negatives' token states come from the gathered banks (with gradient, back to the
+        rank that owns them: BLIP's cross-rank ITM). In one process the banks are the local batch. `image_idx` indexes
+        `image_bank`; this rank's own rows start at `offset`."""
+        rank, world_size = distributed_info()
+        batch = text_hidden.shape[0]
+        if world_size == 1:
+            text_idx, image_idx, labels = self._itm_pairs(similarity, image_ids, batch, text_hidden.device)
+            return text_hidden[text_idx], attention_mask[text_idx], image_hidden, image_idx, labels, 0
+        offset = rank * batch
+        own = torch.arange(batch, device=text_hidden.device) + offset
+        ids = own if image_ids is None else image_ids
+        with torch.no_grad():
+            all_ids = gather_features(ids, rank, world_size)  # (W*B,)
+            all_image = gather_features(image_embeds.detach(), rank, world_size)  # (W*B, D)
+            all_text = gather_features(text_embeds.detach(), rank, world_size)
+            sim_i2t = self.mm.similarity(image_embeds.detach(), all_text)  # (B, W*B)
+            sim_t2i = self.mm.similarity(all_image, text_embeds.detach()).t()  # (B, W*B)
+        negatives = sample_hard_negatives(sim_i2t, ids, sample=self.training, similarity_t2i=sim_t2i,
+                                          column_ids=all_ids)
+        text_idx, image_idx, labels = _hard_negative_pairs(*negatives, own)
+        text_bank = gather_padded(text_hidden, rank, world_size)  # (W*B, L_max, D)
+        mask_bank = gather_padded(attention_mask, rank, world_size)
+        image_bank = gather_padded(image_hidden, rank, world_size)  # (W*B, N, Dv)
+        return text_bank[text_idx], mask_bank[text_idx], image_bank, image_idx, labels, offset
 
     def _itm(self, fused_cls: torch.Tensor, labels: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ITM loss and `(P, 2)` logits from the fused `[CLS]` states `(P, D)` of the pairs."""
@@ -465,6 +504,7 @@ class MMForPreTraining(MMPreTrainedModel):
         # The fusion layers run once over every pair that needs them: ITM pairs, then the masked texts for MLM. Their
         # last layer computes only what the heads read: [CLS] for ITM, the masked positions for MLM.
         fuse_text, fuse_mask, fuse_image, fuse_positions = [], [], [], []
+        image_bank, offset = image_hidden, 0  # the images the fused rows index (every rank's, for global ITM)
         if need_mlm:
             is_masked = mlm_labels != -100
             num_masked = is_masked.sum(1)
@@ -472,33 +512,37 @@ class MMForPreTraining(MMPreTrainedModel):
             slots = max(int(num_masked.max()), 1)
             mlm_positions = torch.argsort((~is_masked).to(torch.int8), dim=1, stable=True)[:, :slots]
         if text_pooled is not None:
-            similarity_loss, similarity = self._itc(mm.project_image(image.pooler_output), mm.project_text(text_pooled),
-                                                    image_ids)
-            out["logits_per_image"] = similarity
+            image_embeds, text_embeds = mm.project_image(image.pooler_output), mm.project_text(text_pooled)
+            similarity_loss, similarity = self._itc(image_embeds, text_embeds, image_ids)
+            out.update(logits_per_image=similarity, image_embeds=image_embeds, text_embeds=text_embeds)
             if similarity_loss is not None:
                 losses["itc"] = similarity_loss
             if "itm" in objectives:
-                text_idx, image_idx, itm_labels = self._itm_pairs(similarity, image_ids, batch, input_ids.device)
-                fuse_text.append(text_hidden[text_idx])
-                fuse_mask.append(attention_mask[text_idx])
+                itm_text, itm_mask, image_bank, image_idx, itm_labels, offset = self._itm_inputs(
+                    text_hidden, attention_mask, image_hidden, image_embeds, text_embeds, similarity, image_ids
+                )
+                fuse_text.append(itm_text)
+                fuse_mask.append(itm_mask)
                 fuse_image.append(image_idx)
-                fuse_positions.append(text_idx.new_zeros(text_idx.shape[0], slots if need_mlm else 1))
+                fuse_positions.append(image_idx.new_zeros(image_idx.shape[0], slots if need_mlm else 1))
         if need_mlm:
-            rows = torch.arange(batch, device=input_ids.device)
+            rows = torch.arange(batch, device=input_ids.device) + offset
             fuse_text.append(masked_hidden)
             fuse_mask.append(attention_mask)
             fuse_image.append(rows)
             fuse_positions.append(mlm_positions)
         if fuse_text:
+            # Rows gathered from other ranks are padded to the longest text of any rank: pad the local ones alike.
+            length = max(t.shape[1] for t in fuse_text)
             fused = mm.fuse(
-                torch.cat(fuse_text),
-                torch.cat(fuse_mask),
-                image_hidden,
+                torch.cat([_pad_length(t, length) for t in fuse_text]),
+                torch.cat([_pad_length(m, length) for m in fuse_mask]),
+                image_bank,
                 image_index=torch.cat(fuse_image),
                 output_positions=torch.cat(fuse_positions),
             ).last_hidden_state
             if "itm" in objectives:
-                losses["itm"], out["itm_logits"] = self._itm(fused[: text_idx.shape[0], 0], itm_labels)
+                losses["itm"], out["itm_logits"] = self._itm(fused[: image_idx.shape[0], 0], itm_labels)
                 out["itm_labels"] = itm_labels
             if need_mlm:
                 # Slot j of row b holds a masked token when j < num_masked[b]: row-major order of `is_masked`.
@@ -532,6 +576,24 @@ class MMForPreTraining(MMPreTrainedModel):
             out.setdefault("hidden_states", joint.hidden_states)
             out.setdefault("attentions", joint.attentions)
         return losses, out
+
+
+def _hard_negative_pairs(
+    neg_text: torch.LongTensor, neg_image: torch.LongTensor, own: torch.LongTensor
+) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+    """`(text_idx, image_idx, labels)` of the ITM pairs: the positives (own[i], own[i]); (image own[i], its hard
+    negative text); (the hard negative image, text own[j]). Rows without a valid negative (-1) are left out."""
+    has_t, has_i = neg_text >= 0, neg_image >= 0
+    image_idx = torch.cat([own, own[has_t], neg_image[has_i]])
+    text_idx = torch.cat([own, neg_text[has_t], own[has_i]])
+    labels = torch.cat([torch.ones_like(own), torch.zeros_like(text_idx[own.shape[0]:])])
+    return text_idx, image_idx, labels
+
+
+def _pad_length(states: torch.Tensor, length: int, value: float = 0) -> torch.Tensor:
+    """`(N, L, ...)` -> `(N, length, ...)`, padding dim 1 with `value`."""
+    pad = length - states.shape[1]
+    return nn.functional.pad(states, (0, 0) * (states.ndim - 2) + (0, pad), value=value) if pad else states
 
 
 def _first_rows(states: tuple[torch.Tensor, ...] | None, batch: int) -> tuple[torch.Tensor, ...] | None:
@@ -702,6 +764,7 @@ class MMForImageTextRetrieval(MMPreTrainedModel):
 
     # The objective methods of pretraining, shared (not copied): they read `self.mm`, `self.itm_head`, `self.config`.
     _itm_pairs = MMForPreTraining._itm_pairs
+    _itm_inputs = MMForPreTraining._itm_inputs
     _itm = MMForPreTraining._itm
 
     def _retrieval_loss(
@@ -723,21 +786,19 @@ class MMForImageTextRetrieval(MMPreTrainedModel):
         image = mm.encode_image(pixel_values, pooled_only=not fuses)
         text = mm.encode_text(input_ids, attention_mask, pooled_only=not fuses)
         image_embeds, text_embeds = mm.project_image(image.pooler_output), mm.project_text(text.pooler_output)
-        scale = mm.clamped_logit_scale()
         if "itc" in objectives:
-            rank, world_size = distributed_info()
-            itc, similarity = contrastive_loss_and_logits(image_embeds, text_embeds, scale, rank, world_size, image_ids)
+            itc, similarity = mm.itc_loss_and_logits(image_embeds, text_embeds, image_ids)
             losses.append(self.config.itc_weight * itc)
         else:
-            similarity = scale * image_embeds @ text_embeds.t()
+            similarity = mm.similarity(image_embeds, text_embeds)
         if fuses:
-            text_idx, image_idx, labels = self._itm_pairs(similarity, image_ids, batch, input_ids.device)
+            itm_text, itm_mask, image_bank, image_idx, labels, _ = self._itm_inputs(
+                text.last_hidden_state, attention_mask, image.last_hidden_state, image_embeds, text_embeds, similarity,
+                image_ids,
+            )
             fused = mm.fuse(
-                text.last_hidden_state[text_idx],
-                attention_mask[text_idx],
-                image.last_hidden_state,
-                image_index=image_idx,
-                output_positions=text_idx.new_zeros(text_idx.shape[0], 1),
+                itm_text, itm_mask, image_bank, image_index=image_idx,
+                output_positions=image_idx.new_zeros(image_idx.shape[0], 1),
             ).last_hidden_state
             losses.append(self.config.itm_weight * self._itm(fused[:, 0], labels)[0])
         return sum(losses), similarity

@@ -81,6 +81,14 @@ class ModelArguments:
     num_fusion_layers: int = field(default=2, metadata={"help": "Hybrid cross-attention layers."})
     num_decoder_layers: int = field(default=2, metadata={"help": "Captioning decoder layers."})
     projection_dim: int = field(default=256, metadata={"help": "ITC embedding width."})
+    contrastive_loss: str = field(
+        default="infonce",
+        metadata={
+            "help": "ITC loss: 'infonce' (CLIP's softmax over the global batch) or 'sigmoid' (SigLIP's pairwise "
+            "sigmoid with a learned bias, exchanged around a ring of ranks; better at small batch).",
+            "choices": ["infonce", "sigmoid"],
+        },
+    )
     image_mask_ratio: float = field(default=0.0, metadata={"help": "FLIP: fraction of patches dropped in training."})
     freeze_text_tower: bool = field(
         default=True,
@@ -176,6 +184,7 @@ def build_model(model_args: ModelArguments) -> MMForPreTraining:
         num_fusion_layers=model_args.num_fusion_layers,
         num_decoder_layers=model_args.num_decoder_layers,
         projection_dim=model_args.projection_dim,
+        contrastive_loss=model_args.contrastive_loss,
         image_mask_ratio=model_args.image_mask_ratio,
         **{f"{name}_weight": value for name, value in model_args.weights().items()},
     )

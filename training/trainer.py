@@ -4,7 +4,9 @@ resuming from the last complete checkpoint, and training-curve plots."""
 from collections import defaultdict
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import sys
 
@@ -126,7 +128,11 @@ def check_trainer_flags(training_args, label_names: list[str]) -> None:
 
 class MMTrainer(Trainer):
     """A Trainer that also logs each objective's loss (`itc_loss`, `itm_loss`, ... from the model output), averaged
-    over the steps since the last log and over the processes, next to the total `loss`.
+    over the steps since the last log and over the processes, next to the total `loss`, and the ITC temperature
+    (`logit_scale`, the multiplier the loss uses, after its clamp) and the sigmoid loss's `logit_bias`.
+
+    Neither the temperature nor the bias is weight-decayed (Trainer already spares biases and norms): decay would pull
+    `logit_scale` towards 0, i.e. the temperature towards 1, whatever the loss says (open_clip excludes it too).
 
     `--fsdp` on a CPU-only machine (torchrun over gloo): accelerate would silently train plain DDP there. MMTrainer
     instead puts the processes on accelerate's FSDP2 path (torch's `fully_shard`, the same wrap policy as on GPUs;
@@ -145,6 +151,24 @@ class MMTrainer(Trainer):
         self._objective_counts: dict[str, int] = defaultdict(int)
         if not any(isinstance(cb, CompleteCheckpointCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(CompleteCheckpointCallback())  # it marks checkpoints complete, then rotates them
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        return [name for name in super().get_decay_parameter_names(model) if not _TEMPERATURE_PARAMETER.search(name)]
+
+    def _temperature_logs(self) -> dict[str, float]:
+        """The current ITC `logit_scale` (exponentiated and clamped, as the loss sees it) and `logit_bias`, if any."""
+        logs = {}
+        for name, param in self.model.named_parameters():
+            match = _TEMPERATURE_PARAMETER.search(name)
+            if match is None or param.numel() != 1:
+                continue
+            value = param.detach()
+            value = float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+            if match.group(1) == "logit_scale":
+                config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+                value = math.exp(min(value, getattr(config, "logit_scale_max", value)))
+            logs[match.group(1)] = round(value, 4)
+        return logs
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -298,7 +322,13 @@ class MMTrainer(Trainer):
                 logs[key] = round(value, 4)
             self._objective_sums.clear()
             self._objective_counts.clear()
+        if "loss" in logs:
+            logs.update(self._temperature_logs())
         super().log(logs, *args, **kwargs)
+
+
+# The ITC temperature and bias, wherever a wrapper (peft, DDP, FSDP) puts the model: `...mm.logit_scale`.
+_TEMPERATURE_PARAMETER = re.compile(r"(?:^|\.)(logit_scale|logit_bias)$")
 
 
 class CompleteCheckpointCallback(TrainerCallback):
