@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import modeling_mm  # noqa: F401  (registers the Auto classes)
+from evaluation.distributed import gather_rows, is_main_process, process_range
 from modeling_mm import MMForPreTraining, MMModel, MMPreTrainedModel, MMVisionModel
 
 
@@ -503,21 +504,24 @@ def retrieval_scores(
     text_candidates = bool(candidates) and isinstance(candidates[0], str)
     if text_query and text_candidates:
         raise ValueError("A text query ranks images: pass candidate images, not texts.")
+    if mm.config.fusion == "early" and (getattr(model, "itm_head", None) is None or not (text_query or text_candidates)):
+        raise ValueError("Early fusion scores (text, image) pairs with the ITM head (MMForPreTraining).")
+    # Under a launcher each process scores its block of the candidates; the blocks are gathered in order.
+    rows = process_range(len(candidates))
+    own = candidates[rows.start : rows.stop]
     was_training = model.training
     model.eval()
     try:
         if mm.config.fusion == "early":
-            if getattr(model, "itm_head", None) is None or not (text_query or text_candidates):
-                raise ValueError("Early fusion scores (text, image) pairs with the ITM head (MMForPreTraining).")
             scores = []
-            for start in range(0, len(candidates), batch_size):
-                chunk = candidates[start : start + batch_size]
+            for start in range(0, len(own), batch_size):
+                chunk = own[start : start + batch_size]
                 texts = [query] * len(chunk) if text_query else chunk
                 images = chunk if text_query else [query] * len(chunk)
                 inputs = processor(images=images, text=texts).to(device)
                 hidden = mm.joint_encode(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]).last_hidden_state
                 scores.append(model.itm_head(hidden[:, 0]).softmax(-1)[:, 1])
-            return torch.cat(scores).cpu()
+            return _gathered_scores(scores)
 
         def embed(items: list) -> torch.Tensor:
             out = []
@@ -530,9 +534,16 @@ def retrieval_scores(
                     out.append(mm.embed_image(processor(images=chunk)["pixel_values"].to(device)))
             return torch.cat(out)
 
-        return (embed(candidates) @ embed([query])[0]).cpu()
+        query_embeds = embed([query])[0]
+        return _gathered_scores([embed(own) @ query_embeds] if own else [])
     finally:
         model.train(was_training)
+
+
+def _gathered_scores(scores: list[torch.Tensor]) -> torch.Tensor:
+    """This process's score chunks, then every process's in rank order, as one `(N,)` CPU tensor."""
+    own = torch.cat(scores).cpu().tolist() if scores else []
+    return torch.tensor(gather_rows(own), dtype=torch.float32)
 
 
 def retrieval_gallery(
@@ -583,8 +594,9 @@ def retrieval_gallery(
         show(axes[0, rank], candidates[index], f"#{rank}  {score:.3f}")
     fig.suptitle(f"top-{len(ranked)} of {len(candidates)} by {kind}", fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    if is_main_process():  # every process holds the same ranking; one writes it
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return ranked
 

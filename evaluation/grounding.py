@@ -154,8 +154,9 @@ def _half_recognition(model: MMPreTrainedModel, processor: Any, queries: list[tu
         return None
     device = next(model.parameters()).device
     hits = 0
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
+    rows = process_range(len(queries))  # under a launcher, this process's block; the hit counts add up
+    for start in range(rows.start, rows.stop, batch_size):
+        chunk = queries[start : min(start + batch_size, rows.stop)]
         inputs = processor(images=[q[0] for q in chunk], text=[q[1] for q in chunk], do_resize=False).to(device)
         text_embeds = mm.embed_text(inputs["input_ids"], inputs["attention_mask"])
         patch = model.config.vision_config.patch_size
@@ -168,4 +169,4 @@ def _half_recognition(model: MMPreTrainedModel, processor: Any, queries: list[tu
             similarity.append((image_embeds * text_embeds).sum(-1))
         target_left = torch.tensor([q[2] for q in chunk], device=device)
         hits += int(((similarity[0] > similarity[1]) == target_left).sum())
-    return hits / len(queries)
+    return sum(gather_rows([hits])) / len(queries)

@@ -1,5 +1,8 @@
 """`mm explain`: grounding heatmaps over image patches, per-token relevance, retrieval galleries.
 
+Under `torchrun` / `accelerate launch` a gallery's candidates are scored in blocks, one per process, and gathered
+(the same ranking as one process); a single heatmap is computed by the main process alone.
+
     mm explain --model_name_or_path outputs/pretrain --image shape.png --text "a blue circle" --output heatmap.png
     mm explain --model_name_or_path outputs/pretrain --gallery --text "a blue circle" --output gallery.png
 
@@ -9,7 +12,7 @@ The methods (gradcam, rollout, similarity, itc_gradcam, occlusion) live in `eval
 from dataclasses import dataclass, field
 import os
 
-from evaluation.distributed import resolve_device
+from evaluation.distributed import is_main_process, resolve_device
 from evaluation.explain import (
     METHOD_FUSIONS,
     _as_pil,
@@ -79,12 +82,16 @@ def main(args: list[str] | None = None) -> str:
         else:
             raise SystemExit("--gallery needs a --text (ranks test images) or an --image (ranks class captions).")
         ranked = retrieval_gallery(model, processor, query, candidates, k=explain_args.k, path=explain_args.output)
+        if not is_main_process():  # under a launcher every process ranked its block; the main one reports
+            return explain_args.output
         for rank, (index, score) in enumerate(ranked, start=1):
             label = candidates[index] if isinstance(candidates[index], str) else f"test image {index}"
             print(f"#{rank}: {label}  score {score:.4f}")
     else:
         if explain_args.image is None or explain_args.text is None:
             raise SystemExit("A heatmap needs --image and --text (or pass --gallery).")
+        if not is_main_process():  # one image's map is one process's work: the others have nothing to do
+            return explain_args.output
         image = _as_pil(explain_args.image)
         image_size = None
         if explain_args.keep_size:
