@@ -74,10 +74,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume_from_step", type=int, default=0, help="then resume its checkpoint in out/resumed")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--then_lora", action="store_true", help="then a LoRA run in out/lora")
+    parser.add_argument("--push_check", action="store_true", help="push_to_hub (publish faked) after the first run")
+    parser.add_argument("--then_full", action="store_true", help="then full state-dict checkpoints, resumed, in out/full")
     return parser.parse_args(argv)
 
 
-def _train(opts: argparse.Namespace, out: str, resume: str | None = None) -> None:
+def _train(opts: argparse.Namespace, out: str, resume: str | None = None, push: bool = False) -> None:
     """One training run of the tiny model (under torchrun, or in this process for the one-process reference); rank 0
     writes its per-step logs, every rank a probe of its engine and of the steps it trained."""
     from transformers import TrainerCallback, TrainingArguments
@@ -140,6 +142,18 @@ def _train(opts: argparse.Namespace, out: str, resume: str | None = None) -> Non
     with open(os.path.join(out, f"probe{args.process_index}.json"), "w") as f:
         json.dump(probe, f)
     trainer.save_model(os.path.join(out, "final"))
+    if push:
+        # push_to_hub with the upload faked: what would be published is the folder it hands to `publish`.
+        import publishing.hub
+
+        def fake_publish(options, token=None) -> dict:
+            with open(os.path.join(out, "pushed.json"), "w") as f:
+                json.dump(sorted(os.listdir(options.checkpoint)), f)
+            return {"commit": None}
+
+        publishing.hub.publish = fake_publish
+        trainer.hub_model_id = "mm-test/tiny"  # no repo is created
+        trainer.push_to_hub()
     if trainer.is_world_process_zero():
         losses = {row["step"]: row for row in trainer.state.log_history if "loss" in row}
         with open(os.path.join(out, LOSSES_FILE), "w") as f:
@@ -148,10 +162,15 @@ def _train(opts: argparse.Namespace, out: str, resume: str | None = None) -> Non
 
 def _worker(argv: list[str]) -> None:
     opts = _parse(argv)
-    _train(opts, opts.out)
+    _train(opts, opts.out, push=opts.push_check)
     if opts.resume_from_step:
         # A second Trainer over a fresh model in the same processes, resuming the first run's checkpoint.
         _train(opts, os.path.join(opts.out, "resumed"), os.path.join(opts.out, f"checkpoint-{opts.resume_from_step}"))
+    if opts.then_full:
+        # Then full state-dict checkpoints (one gathered file) and a new Trainer resuming the step-2 one.
+        full = argparse.Namespace(**{**vars(opts), "state_dict_type": "FULL_STATE_DICT", "save_steps": 2})
+        _train(full, os.path.join(opts.out, "full"))
+        _train(full, os.path.join(opts.out, "full", "resumed"), os.path.join(opts.out, "full", "checkpoint-2"))
     if opts.then_lora:
         # Then LoRA on the sharded model, with full state-dict checkpoints (one launch for all three runs).
         lora = argparse.Namespace(**{**vars(opts), "lora": True, "state_dict_type": "FULL_STATE_DICT", "save_steps": 4})
@@ -263,11 +282,12 @@ def test_fsdp_fallback_to_ddp_is_detected_and_can_be_refused(monkeypatch, tmp_pa
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory) -> tuple:
     """One launch of two torchrun "nodes" on this machine (`--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d
-    --rdzv_endpoint 127.0.0.1:PORT`, node ranks 0 and 1) running three FSDP2 trainings in turn: sharded checkpoints
-    every 2 steps; a new Trainer resuming the step-2 checkpoint; LoRA with full state-dict checkpoints."""
+    --rdzv_endpoint 127.0.0.1:PORT`, node ranks 0 and 1) running five FSDP2 trainings in turn: sharded checkpoints
+    every 2 steps; a new Trainer resuming the step-2 checkpoint; the same two with full state-dict checkpoints; LoRA
+    with full state-dict checkpoints."""
     out = tmp_path_factory.mktemp("fsdp")
     losses = _run(out, "--fsdp", "full_shard auto_wrap", "--state_dict_type", "SHARDED_STATE_DICT", "--save_steps", "2",
-                  "--resume_from_step", "2", "--then_lora", nnodes=2)
+                  "--resume_from_step", "2", "--push_check", "--then_full", "--then_lora", nnodes=2, timeout=420)
     return out, losses
 
 
@@ -335,10 +355,26 @@ def test_fsdp2_on_two_nodes_matches_one_process_and_resumes(one_process, fsdp_ru
     _assert_same_losses(_read_losses(out / "resumed"), one_process, range(3, STEPS + 1))
 
     assert not [name for name in os.listdir(out / "final") if name.startswith("_fsdp")]  # no copies of torch's FSDP code
+    # push_to_hub under SHARDED_STATE_DICT publishes a gathered, loadable model, not a folder without weights.
+    with open(out / "pushed.json") as f:
+        assert "model.safetensors" in json.load(f)
+    MMForPreTraining.from_pretrained(out)
     reloaded = MMForPreTraining.from_pretrained(out / "final")
     reference = _tiny_pretraining_model().state_dict()
     assert set(reloaded.state_dict()) == set(reference)
     assert any(not torch.equal(v, reference[k]) for k, v in reloaded.state_dict().items()), "initial weights saved"
+
+
+def test_fsdp2_full_state_dict_checkpoints_resume_to_the_same_losses(one_process, fsdp_runs):
+    """FULL_STATE_DICT: the checkpoint holds one gathered model file (not a folder of shards), and a new Trainer
+    resuming it trains steps 3-4 to the one-process losses."""
+    out = fsdp_runs[0] / "full"
+    _assert_same_losses(_read_losses(out), one_process, range(1, STEPS + 1))
+    checkpoint = out / "checkpoint-2"
+    assert any(name.startswith("pytorch_model_fsdp") and not (checkpoint / name).is_dir()
+               for name in os.listdir(checkpoint)), os.listdir(checkpoint)
+    assert _probe(out / "resumed")["trained_steps"] == [3, 4]
+    _assert_same_losses(_read_losses(out / "resumed"), one_process, range(3, STEPS + 1))
 
 
 def test_ddp_on_two_nodes_matches_one_process(one_process, tmp_path):

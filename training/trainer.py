@@ -281,7 +281,8 @@ class MMTrainer(Trainer):
         token = token if token is not None else self.args.hub_token
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
-        super().save_model(self.args.output_dir, _internal_call=True)
+        # Our save_model: under FSDP's SHARDED_STATE_DICT it gathers a full state dict, so the repo gets weights.
+        self.save_model(self.args.output_dir)
         if not self.is_world_process_zero():
             return None
         folder = self.args.output_dir
