@@ -169,6 +169,15 @@ class PretrainingArguments(TrainingArguments):
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
+    itc_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Gradient-cached ITC (GradCache): split each per-device batch into k micro-batches that train as "
+            "one batch, with all its negatives, holding one micro-batch's activations at a time (k must divide "
+            "--per_device_train_batch_size; a second forward per micro-batch). --gradient_accumulation_steps then "
+            "accumulates whole batches, each with its own negatives. ITM negatives are mined per micro-batch."
+        },
+    )
     hub_strategy: str = field(
         default="end",
         metadata={"help": "With --push_to_hub: the final model is pushed once, as `mm publish` lays a repo out."},
@@ -316,6 +325,7 @@ def main(args: list[str] | None = None) -> dict:
         train_dataset=train,
         data_collator=collator,
         processing_class=processor,  # saved with every checkpoint and the final model
+        itc_accumulation_steps=training_args.itc_accumulation_steps,
     )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)

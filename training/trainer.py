@@ -138,15 +138,38 @@ class MMTrainer(Trainer):
     instead puts the processes on accelerate's FSDP2 path (torch's `fully_shard`, the same wrap policy as on GPUs;
     see `training.distributed.enable_fsdp_on_cpu`) and says so in the log; with `cpu_fsdp=False` it refuses.
 
+    With `itc_accumulation_steps=k` > 1, `training_step` is gradient-cached ITC (`training.gradcache`): each Trainer
+    batch of k·b rows (per device) runs as k micro-batches of b, holding one micro-batch's graph at a time, with the
+    loss and gradients of one k·b batch (all k·b negatives). Trainer's `gradient_accumulation_steps` then accumulates
+    whole k·b batches, each with its own negatives: k·b negatives per batch, k·b·GA rows per optimizer step.
+
     Args:
         cpu_fsdp (`bool`): On CPU-only machines, honour `--fsdp` with torch's FSDP2 over gloo (default) instead of
             raising `FSDPOnCPUError`.
+        itc_accumulation_steps (`int`): Micro-batches per batch for gradient-cached ITC (1: off). Must divide
+            `per_device_train_batch_size`.
         args, kwargs: Those of `transformers.Trainer`.
     """
 
-    def __init__(self, *args, cpu_fsdp: bool = True, **kwargs):
+    def __init__(self, *args, cpu_fsdp: bool = True, itc_accumulation_steps: int = 1, **kwargs):
+        from .gradcache import check_itc_accumulation
+
         self.cpu_fsdp = cpu_fsdp
+        self.itc_accumulation_steps = itc_accumulation_steps
         super().__init__(*args, **kwargs)
+        if itc_accumulation_steps != 1:
+            check_itc_accumulation(
+                itc_accumulation_steps,
+                self.args.per_device_train_batch_size,
+                getattr(self.accelerator.unwrap_model(self.model), "config", None),
+            )
+            if self.accelerator.distributed_type.value == "DEEPSPEED" or self.args.n_gpu > 1:
+                raise ValueError(
+                    f"itc_accumulation_steps={itc_accumulation_steps} needs one backward per micro-batch under one "
+                    "optimizer step: DeepSpeed (whose backward steps the engine) and DataParallel (n_gpu > 1) cannot."
+                )
+        else:
+            check_itc_accumulation(itc_accumulation_steps)
         self._objective_sums: dict[str, float] = defaultdict(float)
         self._objective_counts: dict[str, int] = defaultdict(int)
         if not any(isinstance(cb, CompleteCheckpointCallback) for cb in self.callback_handler.callbacks):
@@ -301,6 +324,45 @@ class MMTrainer(Trainer):
                 commit_message=commit_message or "End of training",
             )
             return publish(options, token=token)["commit"]
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Trainer's step, or with `itc_accumulation_steps` > 1 the gradient-cached one (`training.gradcache`): the
+        same loss scaling for gradient accumulation and `accelerator.backward` as Trainer's, DDP's gradient sync only
+        in the last micro-batch's backward (and only when Trainer syncs this step), the objectives logged as one k·b
+        forward would report them. Returns the detached, GA-scaled loss, as Trainer's does."""
+        if self.itc_accumulation_steps == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        import contextlib
+
+        from .gradcache import gradcache_backward
+
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        # As Trainer: the model's losses are batch means (accepts_loss_kwargs=False), so divide by the GA steps.
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            scaled = scaled or self.compute_loss_func is not None
+        scale = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
+        out = gradcache_backward(
+            model,
+            inputs,
+            self.itc_accumulation_steps,
+            loss_scale=scale,
+            backward=self.accelerator.backward,
+            # Trainer wraps a non-syncing step in no_sync itself; nesting accelerate's (FSDP2) would re-enable sync.
+            no_sync=(lambda: self.accelerator.no_sync(model))
+            if self.accelerator.sync_gradients
+            else contextlib.nullcontext,
+            autocast=self.compute_loss_context_manager,
+        )
+        for key, value in out.items():
+            if key.endswith("_loss"):
+                self._objective_sums[key] += float(value)
+                self._objective_counts[key] += 1
+        return (out.loss * scale).detach()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
