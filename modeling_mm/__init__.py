@@ -44,6 +44,7 @@ from .modeling_mm_heads import (
     MMForPreTraining,
     MMForPreTrainingOutput,
     MMForVisualQuestionAnswering,
+    MMITCDistillation,
     MMImageTextClassifierOutput,
     MMRetrievalOutput,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "MMForPreTraining",
     "MMForPreTrainingOutput",
     "MMForVisualQuestionAnswering",
+    "MMITCDistillation",
     "MMImageTextClassifierOutput",
     "MMModel",
     "MMModelOutput",

@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "contrastive_loss",
     "contrastive_loss_and_logits",
+    "distilled_contrastive_loss",
     "sigmoid_loss",
     "sigmoid_loss_and_logits",
     "next_token_targets",
@@ -124,6 +125,86 @@ def contrastive_loss_and_logits(
         nn.functional.cross_entropy(logits_per_image, targets) + nn.functional.cross_entropy(logits_per_text, targets)
     )
     return loss, local
+
+
+def distilled_contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    momentum_image_embeds: torch.Tensor,
+    momentum_text_embeds: torch.Tensor,
+    queue_image_embeds: torch.Tensor,
+    queue_text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    alpha: float,
+    rank: int = 0,
+    world_size: int = 1,
+    ids: torch.Tensor | None = None,
+    queue_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE with momentum distillation and a feature queue (ALBEF, Li et al. 2021, eq. 2-3; MoCo's queue).
+
+    Each student embedding is scored against a bank of teacher (momentum-encoder) features of the other modality:
+    the global batch's, then the queue of past batches'. The targets mix the teacher's own softmax over the same bank
+    with the hard targets: `alpha * softmax(teacher logits) + (1 - alpha) * hard`, so noisy web captions are not forced
+    to a one-hot label. With `alpha = 0`, an empty queue and a teacher equal to the student this is the CLIP loss of
+    `contrastive_loss_and_logits` (the value; the gradient only reaches the student side of each direction, as ALBEF).
+
+    Args:
+        image_embeds, text_embeds: `(B, D)` local L2-normalised student embeddings (with gradient).
+        momentum_image_embeds, momentum_text_embeds: `(B, D)` the teacher's embeddings of the same local batch (no
+            gradient); all-gathered here, so the bank holds every rank's.
+        queue_image_embeds, queue_text_embeds: `(Q, D)` filled queue entries only (`Q = 0` allowed): the caller
+            slices off empty slots, so they can never act as negatives.
+        logit_scale: Scalar temperature multiplier (already exponentiated and clamped), for student and teacher alike.
+        alpha: Weight of the teacher's soft targets, in [0, 1].
+        rank, world_size: Position of this process; the local rows' hard positives sit at `rank * B` in the bank.
+        ids: Optional `(B,)` group ids (e.g. `image_ids`): every bank entry sharing the row's id (in the batch of any
+            rank or in the queue) is a positive, with the hard target spread evenly over them, never a negative.
+        queue_ids: `(Q,)` ids of the queue entries, compared with `ids` (ignored without `ids`: distinct items are
+            never positives of a queue entry then).
+
+    Returns:
+        `(loss, local_logits_per_image)`: the scalar loss and the `(B, B)` student image-to-text logits of the local
+        batch (student on both sides, as the model reports them; they feed ITM hard-negative mining).
+    """
+    if image_embeds.shape != text_embeds.shape or momentum_image_embeds.shape != image_embeds.shape:
+        raise ValueError(
+            f"distilled_contrastive_loss needs paired embeddings of one shape; got image {tuple(image_embeds.shape)}, "
+            f"text {tuple(text_embeds.shape)}, momentum image {tuple(momentum_image_embeds.shape)}."
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"distilled_contrastive_loss: alpha must be in [0, 1], got {alpha}.")
+    batch, dtype = image_embeds.shape[0], image_embeds.dtype
+    gather = _all_gather if world_size > 1 else (lambda tensor: tensor)
+    with torch.no_grad():
+        # The bank: every rank's momentum features, then the queue. `(W*B + Q, D)`
+        bank_image = torch.cat([gather(momentum_image_embeds.detach()), queue_image_embeds]).to(dtype)
+        bank_text = torch.cat([gather(momentum_text_embeds.detach()), queue_text_embeds]).to(dtype)
+        if ids is None:
+            # Only row i of this rank with bank entry rank * B + i; queue entries are always negatives.
+            hard = torch.zeros(batch, bank_text.shape[0], device=image_embeds.device, dtype=dtype)
+            rows = torch.arange(batch, device=image_embeds.device)
+            hard[rows, rows + rank * batch] = 1.0
+        else:
+            bank_ids = gather(ids)  # (W*B,)
+            if queue_ids is not None:
+                bank_ids = torch.cat([bank_ids, queue_ids.to(bank_ids.dtype)])
+            hard = nn.functional.pad(
+                (ids[:, None] == bank_ids[None, :]).to(dtype), (0, bank_text.shape[0] - bank_ids.shape[0])
+            )  # (B, W*B + Q): each row matches at least its own batch entry
+            hard = hard / hard.sum(dim=1, keepdim=True)
+        scale = logit_scale.detach()
+        soft_i2t = torch.softmax(scale * momentum_image_embeds.to(dtype) @ bank_text.t(), dim=1)
+        soft_t2i = torch.softmax(scale * momentum_text_embeds.to(dtype) @ bank_image.t(), dim=1)
+        targets_i2t = alpha * soft_i2t + (1.0 - alpha) * hard
+        targets_t2i = alpha * soft_t2i + (1.0 - alpha) * hard
+    logits_per_image = logit_scale * image_embeds @ bank_text.t()  # (B, W*B + Q)
+    logits_per_text = logit_scale * text_embeds @ bank_image.t()
+    loss = 0.5 * (
+        nn.functional.cross_entropy(logits_per_image, targets_i2t)
+        + nn.functional.cross_entropy(logits_per_text, targets_t2i)
+    )
+    return loss, logit_scale * image_embeds @ text_embeds.t()
 
 
 def _gather_ids(ids: torch.Tensor, world_size: int) -> torch.Tensor:

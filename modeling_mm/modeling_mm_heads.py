@@ -24,6 +24,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_mm import CROSS_FUSIONS, MMConfig, MMTextConfig
 from .losses import (
     causal_lm_loss,
+    distilled_contrastive_loss,
     distributed_info,
     gather_features,
     gather_padded,
@@ -50,6 +51,7 @@ __all__ = [
     "MMForPreTraining",
     "MMForPreTrainingOutput",
     "MMForVisualQuestionAnswering",
+    "MMITCDistillation",
     "MMImageTextClassifierOutput",
     "MMRetrievalOutput",
     "random_keep_indices",
@@ -97,6 +99,30 @@ class MMForPreTrainingOutput(MMOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class MMITCDistillation:
+    r"""
+    What ITC momentum distillation (ALBEF) needs from outside the model, for one batch: the teacher's features and the
+    feature queue. It is data, not trainer state; `training.momentum.MomentumDistillation` makes it each step.
+
+    Args:
+        momentum_image_embeds, momentum_text_embeds (`torch.FloatTensor` of shape `(B, projection_dim)`): The momentum
+            encoders' L2-normalised embeddings of this batch (no gradient; full images, no FLIP mask).
+        queue_image_embeds, queue_text_embeds (`torch.FloatTensor` of shape `(Q, projection_dim)`): The filled queue
+            entries (`Q` may be 0), used as extra negatives.
+        alpha (`float`): Weight of the teacher's soft targets, in [0, 1].
+        queue_ids (`torch.LongTensor` of shape `(Q,)`, *optional*): `image_ids` of the queue entries: an entry sharing
+            an id with a batch item is that item's positive, never its negative.
+    """
+
+    momentum_image_embeds: torch.FloatTensor
+    momentum_text_embeds: torch.FloatTensor
+    queue_image_embeds: torch.FloatTensor
+    queue_text_embeds: torch.FloatTensor
+    alpha: float
+    queue_ids: torch.LongTensor | None = None
 
 
 @dataclass
@@ -327,6 +353,23 @@ class MMForPreTraining(MMPreTrainedModel):
             )
         _check_lm_labels(mlm_labels, input_ids, self.config.text_config.vocab_size, name="mlm_labels")
 
+    def _check_distillation(self, distillation: MMITCDistillation, batch: int) -> None:
+        if "itc" not in self.config.objectives or self.config.fusion == "early":
+            raise ValueError(
+                "itc_distillation needs the 'itc' objective and a fusion with towers; this model has objectives "
+                f"{list(self.config.objectives)} and fusion={self.config.fusion!r}."
+            )
+        if self.config.contrastive_loss != "infonce":
+            raise ValueError(
+                "itc_distillation (ALBEF momentum distillation) distils a softmax over the bank: it needs "
+                f"contrastive_loss='infonce', this model has {self.config.contrastive_loss!r}."
+            )
+        if distillation.momentum_image_embeds.shape[0] != batch or distillation.momentum_text_embeds.shape[0] != batch:
+            raise ValueError(
+                f"itc_distillation momentum embeddings must have the batch's {batch} rows, got "
+                f"{distillation.momentum_image_embeds.shape[0]} and {distillation.momentum_text_embeds.shape[0]}."
+            )
+
     @can_return_tuple
     def forward(
         self,
@@ -342,6 +385,7 @@ class MMForPreTraining(MMPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
+        itc_distillation: MMITCDistillation | None = None,
         **kwargs,
     ) -> MMForPreTrainingOutput:
         r"""
@@ -356,9 +400,15 @@ class MMForPreTraining(MMPreTrainedModel):
             output_attentions, output_hidden_states (`bool`): Also return the text stream's attention maps / hidden
                 states (see [`MMForPreTrainingOutput`]).
             pixel_values_videos (`(B, T, C, H, W)`): Video clips (the processor's key); instead of `pixel_values`.
+            itc_distillation ([`MMITCDistillation`]): ALBEF momentum distillation for the `itc` objective (InfoNCE,
+                late / hybrid / coattention): the student is scored against the teacher's features of the batch and
+                the queue, with `alpha`-mixed soft targets (`losses.distilled_contrastive_loss`). `MMTrainer` passes
+                it in training when given a `MomentumDistillation`; `logits_per_image` stays the student's own.
         """
         pixel_values = visual_input(pixel_values, pixel_values_videos)
         self._check_inputs(input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids)
+        if itc_distillation is not None:
+            self._check_distillation(itc_distillation, input_ids.shape[0])
         flags = {
             "output_attentions": _flag(output_attentions, self.config, "output_attentions"),
             "output_hidden_states": _flag(output_hidden_states, self.config, "output_hidden_states"),
@@ -371,7 +421,7 @@ class MMForPreTraining(MMPreTrainedModel):
                                                  image_ids, flags)
         else:
             losses, out = self._tower_objectives(input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels,
-                                                 image_ids, keep, flags)
+                                                 image_ids, keep, flags, itc_distillation)
         if not any(flags.values()):
             # Tower outputs only when asked for: Trainer's evaluation would otherwise gather every token state.
             out.pop("text_model_output", None)
@@ -382,13 +432,34 @@ class MMForPreTraining(MMPreTrainedModel):
     # -- the objectives ---------------------------------------------------------------------------------------------
 
     def _itc(
-        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_ids: torch.LongTensor | None
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        image_ids: torch.LongTensor | None,
+        distillation: MMITCDistillation | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """ITC loss of `config.contrastive_loss` over the global batch (None without the `itc` objective) and the local
-        `(B, B)` image-to-text logits, which the loss computes once for both (they also feed hard-negative mining)."""
+        `(B, B)` image-to-text logits, which the loss computes once for both (they also feed hard-negative mining).
+        With `distillation`, ALBEF's momentum-distilled InfoNCE over the teacher's features and the queue instead."""
         if "itc" not in self.config.objectives:
             return None, self.mm.similarity(image_embeds, text_embeds)
-        return self.mm.itc_loss_and_logits(image_embeds, text_embeds, image_ids)
+        if distillation is None:
+            return self.mm.itc_loss_and_logits(image_embeds, text_embeds, image_ids)
+        rank, world_size = distributed_info()
+        return distilled_contrastive_loss(
+            image_embeds,
+            text_embeds,
+            distillation.momentum_image_embeds,
+            distillation.momentum_text_embeds,
+            distillation.queue_image_embeds,
+            distillation.queue_text_embeds,
+            self.mm.clamped_logit_scale(),
+            distillation.alpha,
+            rank,
+            world_size,
+            ids=image_ids,
+            queue_ids=distillation.queue_ids,
+        )
 
     def _itm_pairs(
         self, similarity: torch.Tensor | None, image_ids: torch.LongTensor | None, batch: int, device: torch.device
@@ -468,7 +539,8 @@ class MMForPreTraining(MMPreTrainedModel):
     # -- composition per fusion -------------------------------------------------------------------------------------
 
     def _tower_objectives(
-        self, input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids, keep, flags
+        self, input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids, keep, flags,
+        itc_distillation=None,
     ) -> tuple[dict[str, torch.Tensor], dict]:
         objectives = set(self.config.objectives)
         mm = self.mm
@@ -513,7 +585,7 @@ class MMForPreTraining(MMPreTrainedModel):
             mlm_positions = torch.argsort((~is_masked).to(torch.int8), dim=1, stable=True)[:, :slots]
         if text_pooled is not None:
             image_embeds, text_embeds = mm.project_image(image.pooler_output), mm.project_text(text_pooled)
-            similarity_loss, similarity = self._itc(image_embeds, text_embeds, image_ids)
+            similarity_loss, similarity = self._itc(image_embeds, text_embeds, image_ids, itc_distillation)
             out.update(logits_per_image=similarity, image_embeds=image_embeds, text_embeds=text_embeds)
             if similarity_loss is not None:
                 losses["itc"] = similarity_loss

@@ -178,6 +178,30 @@ class PretrainingArguments(TrainingArguments):
             "accumulates whole batches, each with its own negatives. ITM negatives are mined per micro-batch."
         },
     )
+    momentum_distillation: bool = field(
+        default=False,
+        metadata={
+            "help": "ALBEF momentum distillation of ITC: an EMA teacher of the towers and projections gives soft "
+            "targets, and a queue of its past features adds negatives (InfoNCE only; one extra no-grad tower pass "
+            "per step). Teacher and queue are saved in checkpoints, not in the model."
+        },
+    )
+    momentum: float = field(
+        default=0.995, metadata={"help": "With --momentum_distillation: EMA momentum of the teacher, in [0, 1)."}
+    )
+    queue_size: int = field(
+        default=4096, metadata={"help": "With --momentum_distillation: past teacher features kept as ITC negatives."}
+    )
+    distillation_alpha: float = field(
+        default=0.4, metadata={"help": "With --momentum_distillation: weight of the teacher's soft targets, in [0, 1]."}
+    )
+    distillation_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "With --momentum_distillation: optimizer steps over which the soft-target weight ramps from 0 to "
+            "--distillation_alpha (ALBEF: one epoch); 0 starts at --distillation_alpha."
+        },
+    )
     hub_strategy: str = field(
         default="end",
         metadata={"help": "With --push_to_hub: the final model is pushed once, as `mm publish` lays a repo out."},
@@ -319,6 +343,17 @@ def main(args: list[str] | None = None) -> dict:
     )
 
     # 3. Train
+    distillation = None
+    if training_args.momentum_distillation:
+        from training.momentum import MomentumDistillation
+
+        distillation = MomentumDistillation(
+            model,
+            momentum=training_args.momentum,
+            queue_size=training_args.queue_size,
+            alpha=training_args.distillation_alpha,
+            warmup_steps=training_args.distillation_warmup_steps,
+        )
     trainer = MMTrainer(
         model=model,
         args=training_args,
@@ -326,6 +361,7 @@ def main(args: list[str] | None = None) -> dict:
         data_collator=collator,
         processing_class=processor,  # saved with every checkpoint and the final model
         itc_accumulation_steps=training_args.itc_accumulation_steps,
+        momentum_distillation=distillation,
     )
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)

@@ -1,8 +1,9 @@
 """Training-side library shared by the command-line tools: the Trainer subclass, checkpoint completeness and resume,
-argument parsing, LoRA helpers, gradient-cached ITC and training-curve plots. Unlike `modeling_mm/`, this package may
-import peft and matplotlib: it is never copied into a Hub repo."""
+argument parsing, LoRA helpers, gradient-cached ITC, ALBEF momentum distillation and training-curve plots. Unlike
+`modeling_mm/`, this package may import peft and matplotlib: it is never copied into a Hub repo."""
 
 from .gradcache import GradCacheOutput, gradcache_backward
+from .momentum import MomentumDistillation, MomentumDistillationCallback
 from .trainer import (
     COMPLETE_MARKER,
     CompleteCheckpointCallback,
@@ -23,6 +24,8 @@ __all__ = [
     "CompleteCheckpointCallback",
     "GradCacheOutput",
     "MMTrainer",
+    "MomentumDistillation",
+    "MomentumDistillationCallback",
     "check_trainer_flags",
     "default_text_tower_path",
     "fresh_output_dir",

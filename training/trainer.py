@@ -9,10 +9,15 @@ import os
 import re
 import shutil
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
+
+
+if TYPE_CHECKING:
+    from .momentum import MomentumDistillation
 
 
 __all__ = [
@@ -148,15 +153,30 @@ class MMTrainer(Trainer):
             raising `FSDPOnCPUError`.
         itc_accumulation_steps (`int`): Micro-batches per batch for gradient-cached ITC (1: off). Must divide
             `per_device_train_batch_size`.
+        momentum_distillation (`training.momentum.MomentumDistillation`, *optional*): ALBEF momentum distillation of
+            ITC: in training, `compute_loss` passes the teacher's features and the queue to the model
+            (`itc_distillation`) and enqueues the batch; the teacher steps after every optimizer step; its state is
+            saved into each checkpoint folder (`momentum_distillation.safetensors`) and restored on resume, never into
+            the model's weights. Not with FSDP / DeepSpeed ZeRO-3, DataParallel or `itc_accumulation_steps` > 1.
         args, kwargs: Those of `transformers.Trainer`.
     """
 
-    def __init__(self, *args, cpu_fsdp: bool = True, itc_accumulation_steps: int = 1, **kwargs):
+    def __init__(
+        self,
+        *args,
+        cpu_fsdp: bool = True,
+        itc_accumulation_steps: int = 1,
+        momentum_distillation: "MomentumDistillation | None" = None,
+        **kwargs,
+    ):
         from .gradcache import check_itc_accumulation
 
         self.cpu_fsdp = cpu_fsdp
         self.itc_accumulation_steps = itc_accumulation_steps
+        self.momentum_distillation = momentum_distillation
         super().__init__(*args, **kwargs)
+        if momentum_distillation is not None:
+            self._setup_momentum_distillation()
         if itc_accumulation_steps != 1:
             check_itc_accumulation(
                 itc_accumulation_steps,
@@ -174,6 +194,23 @@ class MMTrainer(Trainer):
         self._objective_counts: dict[str, int] = defaultdict(int)
         if not any(isinstance(cb, CompleteCheckpointCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(CompleteCheckpointCallback())  # it marks checkpoints complete, then rotates them
+
+    def _setup_momentum_distillation(self) -> None:
+        from .momentum import MomentumDistillationCallback
+
+        deepspeed = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        refusals = {
+            "FSDP shards the parameters the teacher averages": self.is_fsdp_enabled,
+            "DeepSpeed ZeRO-3 shards the parameters the teacher averages": getattr(deepspeed, "zero_stage", 0) == 3,
+            "DataParallel (n_gpu > 1) would split the queue between replicas": self.args.n_gpu > 1,
+            "itc_accumulation_steps > 1 runs each forward twice (it would enqueue every batch twice)":
+                self.itc_accumulation_steps != 1,
+        }
+        for reason, refused in refusals.items():
+            if refused:
+                raise ValueError(f"--momentum_distillation cannot run here: {reason}.")
+        self.momentum_distillation.to(self.args.device)
+        self.add_callback(MomentumDistillationCallback(self.momentum_distillation))
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not _TEMPERATURE_PARAMETER.search(name)]
@@ -238,10 +275,22 @@ class MMTrainer(Trainer):
         # the new one complete: with save_total_limit=1 a kill in between would leave no complete checkpoint at all.
         # CompleteCheckpointCallback rotates instead, once the marker is written.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        if self.momentum_distillation is not None and self.args.should_save:
+            # Written before Trainer's files, so the completeness marker (written last, in `on_save`) covers it. Every
+            # rank holds the same teacher and queue: the main process saves them.
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.momentum_distillation.save(os.path.join(self._get_output_dir(trial=trial), folder))
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.momentum_distillation is not None:
+            self.momentum_distillation.load(resume_from_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -365,7 +414,14 @@ class MMTrainer(Trainer):
         return (out.loss * scale).detach()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        distillation = self.momentum_distillation if model.training else None
+        if distillation is not None:
+            inputs = {**inputs, "itc_distillation": distillation.itc_distillation(inputs)}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if distillation is not None:
+            # After the forward: this batch's features are negatives for the next batches, not for itself.
+            teacher = inputs["itc_distillation"]
+            distillation.enqueue(teacher.momentum_image_embeds, teacher.momentum_text_embeds, inputs.get("image_ids"))
         if model.training and hasattr(outputs, "keys"):
             for key in outputs.keys():
                 value = outputs[key]
