@@ -5,6 +5,8 @@ locked EfficientNet-Lite0, the same network from scratch, and the built-in ViT f
     python -m run_scripts.real_benchmark                      # default run; rewrites its section of RESULTS.md
     python -m run_scripts.real_benchmark --quick --results_file ''   # smoke run, a minute
     python -m run_scripts.real_benchmark --towers vit_scratch --datasets fashion_mnist
+    python -m run_scripts.real_benchmark --towers '' --fusions late,hybrid,coattention \
+        --output_dir outputs/real_benchmark_fusion      # hybrid vs co-attention (ITC + ITM), their own section
 
 The recipe and the metrics are described in `training/real_benchmark.py`.
 """

@@ -26,10 +26,19 @@ Evaluation works from pooled vision features computed once per trained model:
   with the query's title.
 - **Linear probe**: multinomial logistic regression (L-BFGS, L2) on the tower's standardised pooled features of the
   training images, accuracy on the test split.
+
+`--fusions hybrid,coattention` (and/or `late`) adds rows in a section of their own: one tower (`--fusion_tower`, the
+locked EfficientNet-Lite0 by default, the best of the late rows) built with each fusion (`num_fusion_layers` 2) as an
+`MMForImageTextRetrieval`, trained by the same `train_itc` loop and budget with ITC + ITM (ALBEF hard negatives, the
+head's own `_itm_pairs` / `_itm`, on cached token states of the locked towers), then retrieval recall@1/5/10 both
+ways on the held-out split from ITC alone and with each query's ITC top-k re-scored by ITM
+(`retrieval_with_itm_rerank`). On Fashion-MNIST the retrieval gallery is every caption (class x template), at class
+level.
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 import json
 import logging
 import math
@@ -40,13 +49,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling_mm import MMModel, MMVisionConfig
-from modeling_mm.losses import contrastive_loss
+from modeling_mm import MMForImageTextRetrieval, MMModel, MMVisionConfig
+from modeling_mm.configuration_mm import CROSS_FUSIONS
+from modeling_mm.losses import contrastive_loss_and_logits
 from training.defaults import IMAGE_SIZE, MAX_TEXT_LENGTH, PATCH_EMBEDDING_TYPE, PATCH_SIZE
 
 
 __all__ = [
     "FASHION_MNIST_TARGETS",
+    "FUSIONS",
+    "FUSION_RESULTS_SECTION_TITLE",
     "OPENCLIPART_TEMPLATES",
     "RESULTS_SECTION_TITLE",
     "TOWERS",
@@ -54,12 +66,17 @@ __all__ = [
     "build_tower_model",
     "encode_pooled_images",
     "encode_pooled_texts",
+    "encode_text_states",
+    "fusion_markdown",
+    "itm_match_probability",
     "linear_probe_accuracy",
     "pixel_cache",
     "prompt_embeddings",
     "recalibrate_batch_norm",
     "results_markdown",
+    "retrieval_with_itm_rerank",
     "run_fashion_mnist",
+    "run_fusion_rows",
     "run_openclipart",
     "run_real_benchmark",
     "train_itc",
@@ -77,6 +94,9 @@ TOWER_LABELS = {
 }
 OPENCLIPART_TEMPLATES = ("a drawing of {}.", "clip art of {}.", "an icon of {}.", "{}")
 RESULTS_SECTION_TITLE = "## Real images: Fashion-MNIST and OpenClipArt"
+FUSION_RESULTS_SECTION_TITLE = "## Real images: hybrid vs co-attention fusion (ITC + ITM, ITM re-ranking)"
+# `--fusions`: "late" is the ITC-only baseline on the same tower and budget; the cross fusions add ITM.
+FUSIONS = ("late", "hybrid", "coattention")
 FASHION_MNIST_TARGETS = {"heldout_zero_shot": 0.67, "linear_probe": 0.88}
 RETRIEVAL_TARGET_RATIO = 3.0
 
@@ -129,6 +149,16 @@ class RealBenchmarkArguments:
     openclipart_max_samples: int | None = field(
         default=4000, metadata={"help": "Drawings used (seeded subset of the ~6,700 usable; all if unset)."}
     )
+    fusions: str = field(
+        default="",
+        metadata={"help": f"Comma-separated subset of {','.join(FUSIONS)}: also train `fusion_tower` with each fusion "
+                          "(hybrid, coattention: ITC + ITM, `num_fusion_layers` layers; late: ITC only) on the same "
+                          "budget and report retrieval from ITC and with ITM re-ranking, in their own section. "
+                          "Empty: none."},
+    )
+    fusion_tower: str = field(default="effnet_lite0_locked", metadata={"help": "Vision tower of the --fusions rows."})
+    num_fusion_layers: int = field(default=2, metadata={"help": "Fusion layers of the --fusions models."})
+    rerank_top_k: int = field(default=16, metadata={"help": "ITC top-k re-scored by ITM, per query (--fusions)."})
     max_length: int = field(default=MAX_TEXT_LENGTH, metadata={"help": "Maximum text length in tokens."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size of feature extraction."})
     num_threads: int = field(default=2, metadata={"help": "torch CPU threads."})
@@ -169,10 +199,17 @@ def _ensure_effnet_dir(effnet_dir: str) -> str:
 
 
 def build_tower_model(
-    tower: str, text_path: str, image_size: int, projection_dim: int, effnet_dir: str | None = None
-) -> MMModel:
+    tower: str,
+    text_path: str,
+    image_size: int,
+    projection_dim: int,
+    effnet_dir: str | None = None,
+    model_class: type[MMModel] | type[MMForImageTextRetrieval] = MMModel,
+    **config_kwargs,
+) -> MMModel | MMForImageTextRetrieval:
     """
-    A late-fusion `MMModel` with the given vision tower and the pretrained text tower.
+    A model of `model_class` (a late-fusion ITC `MMModel` by default) with the given vision tower and the pretrained
+    text tower.
 
     Args:
         tower (`str`): One of `TOWERS`.
@@ -180,37 +217,56 @@ def build_tower_model(
         image_size (`int`): Input resolution (sets the built-in ViT's position grid; CNNs take any size).
         projection_dim (`int`): ITC embedding width.
         effnet_dir (`str`, *optional*): Converted EfficientNet-Lite0 folder (needed for the `effnet_*` towers).
+        model_class (`type`, *optional*, defaults to `MMModel`): `MMModel` or `MMForImageTextRetrieval` (a cross
+            fusion with its ITM head).
+        config_kwargs: `MMConfig` fields; default `fusion="late", objectives=["itc"]`.
     """
     if tower not in TOWERS:
         raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}.")
-    kwargs = dict(fusion="late", objectives=["itc"], projection_dim=projection_dim)
+    kwargs = {"fusion": "late", "objectives": ["itc"], **config_kwargs, "projection_dim": projection_dim}
     if tower == "vit_scratch":
         vision_config = MMVisionConfig(image_size=image_size, **_VIT_DEFAULTS)
-        return MMModel.from_vision_text_pretrained(None, text_path, vision_config=vision_config, **kwargs)
+        return model_class.from_vision_text_pretrained(None, text_path, vision_config=vision_config, **kwargs)
     effnet_dir = _ensure_effnet_dir(effnet_dir)
     if tower == "effnet_lite0_locked":
-        return MMModel.from_vision_text_pretrained(effnet_dir, text_path, **kwargs)
+        return model_class.from_vision_text_pretrained(effnet_dir, text_path, **kwargs)
     from transformers import AutoConfig
 
     import modeling_mm  # noqa: F401  (registers the tower's config with AutoConfig)
 
     vision_config = AutoConfig.from_pretrained(effnet_dir)
-    return MMModel.from_vision_text_pretrained(None, text_path, vision_config=vision_config, **kwargs)
+    return model_class.from_vision_text_pretrained(None, text_path, vision_config=vision_config, **kwargs)
+
+
+def _fusion_model_kwargs(fusion: str, args: "RealBenchmarkArguments") -> dict:
+    """`build_tower_model` arguments of a `--fusions` row: the late ITC model, or a retrieval head trained with ITC +
+    ITM (ALBEF hard negatives) whose ITM head re-ranks."""
+    if fusion == "late":
+        return {}
+    return {
+        "model_class": MMForImageTextRetrieval,
+        "fusion": fusion,
+        "objectives": ["itc", "itm"],
+        "num_fusion_layers": args.num_fusion_layers,
+    }
 
 
 def _seeded_tower_model(
-    tower: str, text_path: str, args: "RealBenchmarkArguments", dataset: str, results: dict
-) -> MMModel | None:
-    """The tower's model, seeded, with its text tower locked; `None` (recorded as blocked in `results`) when the
-    tower cannot be built here, e.g. no converted EfficientNet-Lite folder."""
+    tower: str, text_path: str, args: "RealBenchmarkArguments", dataset: str, rows: dict, key: str | None = None,
+    **build_kwargs,
+) -> MMModel | MMForImageTextRetrieval | None:
+    """The tower's model, seeded, with its text tower locked; `None` (recorded as blocked in `rows[key or tower]`)
+    when the tower cannot be built here, e.g. no converted EfficientNet-Lite folder."""
     try:
         torch.manual_seed(args.seed)
-        model = build_tower_model(tower, text_path, args.image_size, args.projection_dim, args.effnet_dir)
+        model = build_tower_model(
+            tower, text_path, args.image_size, args.projection_dim, args.effnet_dir, **build_kwargs
+        )
     except (ImportError, OSError, ValueError, KeyError) as err:
-        logger.warning("%s, %s: blocked (%s: %s)", dataset, tower, type(err).__name__, err)
-        results["towers"][tower] = {"blocked": f"{type(err).__name__}: {err}"}
+        logger.warning("%s, %s: blocked (%s: %s)", dataset, key or tower, type(err).__name__, err)
+        rows[key or tower] = {"blocked": f"{type(err).__name__}: {err}"}
         return None
-    _lock(model.text_model)
+    _lock(model.base_model.text_model)
     return model
 
 
@@ -257,14 +313,24 @@ def encode_pooled_images(model: MMModel, pixels: torch.Tensor, batch_size: int =
         pixels (`torch.Tensor`): From `pixel_cache`.
         batch_size (`int`, *optional*, defaults to 256): Images per forward pass.
     """
+    return _encode_images(model, pixels, batch_size, pooled_only=True)[0]
+
+
+@torch.no_grad()
+def _encode_images(
+    model: MMModel, pixels: torch.Tensor, batch_size: int, pooled_only: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled features `(N, Dv)` and (unless `pooled_only`) token states `(N, K, Dv)` of uint8 images, in eval mode."""
     was_training = model.vision_model.training
     model.vision_model.eval()
-    out = [
-        model.encode_image(_normalise(pixels[i : i + batch_size]), pooled_only=True).pooler_output.float()
-        for i in range(0, len(pixels), batch_size)
-    ]
+    pooled, tokens = [], []
+    for i in range(0, len(pixels), batch_size):
+        out = model.encode_image(_normalise(pixels[i : i + batch_size]), pooled_only=pooled_only)
+        pooled.append(out.pooler_output.float())
+        if not pooled_only:
+            tokens.append(out.last_hidden_state.float())
     model.vision_model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(pooled), (None if pooled_only else torch.cat(tokens))
 
 
 @torch.no_grad()
@@ -286,6 +352,33 @@ def encode_pooled_texts(model: MMModel, tokenizer, texts: Sequence[str], max_len
         out.append(model.encode_text(enc["input_ids"], enc["attention_mask"], pooled_only=True).pooler_output.float())
     model.text_model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_text_states(
+    model: MMModel, tokenizer, texts: Sequence[str], max_length: int = 32, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The locked text tower's pooled features `(N, Dt)`, token states `(N, L, Dt)` and attention mask `(N, L)`, in
+    eval mode; every text is padded to the longest one (`L`), so rows of the cache can be stacked into any batch of
+    fusion inputs.
+
+    Args:
+        model (`MMModel`): A hybrid or co-attention model (any with a text tower).
+        tokenizer: The text tower's tokenizer.
+        texts (`Sequence[str]`): Texts to encode.
+        max_length (`int`, *optional*, defaults to 32): Truncation length.
+        batch_size (`int`, *optional*, defaults to 256): Texts per forward pass.
+    """
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    was_training = model.text_model.training
+    model.text_model.eval()
+    pooled, hidden = [], []
+    for i in range(0, len(texts), batch_size):
+        out = model.encode_text(enc["input_ids"][i : i + batch_size], enc["attention_mask"][i : i + batch_size])
+        pooled.append(out.pooler_output.float())
+        hidden.append(out.last_hidden_state.float())
+    model.text_model.train(was_training)
+    return torch.cat(pooled), torch.cat(hidden), enc["attention_mask"]
 
 
 @torch.no_grad()
@@ -392,11 +485,101 @@ def linear_probe_accuracy(
     return float((predicted == test_y).float().mean())
 
 
+@torch.no_grad()
+def itm_match_probability(
+    model: MMForImageTextRetrieval,
+    text_hidden: torch.Tensor,
+    text_mask: torch.Tensor,
+    image_tokens: torch.Tensor,
+    text_rows: torch.Tensor,
+    image_rows: torch.Tensor,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """
+    ITM match probability `(P,)` of the pairs (text `text_rows[p]`, image `image_rows[p]`) from cached tower states:
+    the fused `[CLS]` through the ITM head, as `MMForImageTextRetrieval.itm_scores` computes it from raw inputs.
+
+    Args:
+        model (`MMForImageTextRetrieval`): A hybrid or co-attention retrieval head.
+        text_hidden, text_mask (`torch.Tensor`): `(T, L, Dt)` token states and `(T, L)` mask (`encode_text_states`).
+        image_tokens (`torch.Tensor`): `(N, K, Dv)` vision token states.
+        text_rows, image_rows (`torch.Tensor`): `(P,)` long rows of the pairs.
+        batch_size (`int`, *optional*, defaults to 1024): Pairs per fusion pass.
+    """
+    mm = model.base_model
+    out = []
+    for i in range(0, len(text_rows), batch_size):
+        rows, images = text_rows[i : i + batch_size], image_rows[i : i + batch_size]
+        unique, index = images.unique(return_inverse=True)  # each image's tokens (co-attention: projected) once
+        fused = mm.fuse(
+            text_hidden[rows], text_mask[rows], image_tokens[unique], image_index=index,
+            output_positions=rows.new_zeros(len(rows), 1),
+        ).last_hidden_state  # (p, 1, Dt)
+        out.append(model.itm_head(fused[:, 0]).softmax(-1)[:, 1])
+    return torch.cat(out) if out else text_hidden.new_zeros(0)
+
+
+@torch.no_grad()
+def retrieval_with_itm_rerank(
+    similarity: torch.Tensor,
+    image_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    match_probability: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    top_k: int = 16,
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, dict[str, float]]:
+    """
+    Class-level recall@K both ways from ITC similarity, and with each query's ITC top-k re-scored by ITM (ALBEF's
+    retrieval inference, Li et al. 2021, Sec. 4): a re-scored candidate gets `1 + p(match)`, so the top-k keep their
+    places above the rest and are reordered among themselves by ITM alone, as in `MMForImageTextRetrieval.rank_texts`.
+    Image->text re-ranks each image's top-k texts, text->image each text's top-k images.
+
+    Args:
+        similarity (`torch.Tensor`): `(N_image, N_text)` ITC scores.
+        image_labels, text_labels (`torch.Tensor`): Class (title) of each image `(N_image,)` and text `(N_text,)`.
+        match_probability (`Callable`, *optional*): `(text_rows, image_rows) -> (P,)` ITM probabilities (e.g.
+            `itm_match_probability`); without it (late fusion) only the ITC recall is returned.
+        top_k (`int`, *optional*, defaults to 16): Candidates re-scored per query.
+        ks (`tuple`, *optional*): Recall cut-offs.
+
+    Returns:
+        `{"itc": {...}}`, plus `"itm_reranked": {...}` and `"itm_rerank_top1_changed": {"i2t": f, "t2i": f}` (the
+        fraction of queries whose first result ITM changed) with `match_probability`.
+    """
+    from evaluation.tasks import class_level_recall
+
+    out = {"itc": class_level_recall(similarity, image_labels, text_labels, ks=ks)}
+    if match_probability is None:
+        return out
+    num_images, num_texts = similarity.shape
+    # Image->text: rows are images, the top-k columns of each are re-scored.
+    k = min(top_k, num_texts)
+    top = similarity.topk(k, dim=1).indices  # (N_image, k) text ids
+    probability = match_probability(top.reshape(-1), torch.arange(num_images).repeat_interleave(k))
+    i2t = similarity.scatter(1, top, 1.0 + probability.view(num_images, k))
+    # Text->image: the same on the transposed scores.
+    k = min(top_k, num_images)
+    top_t = similarity.t().topk(k, dim=1).indices  # (N_text, k) image ids
+    probability = match_probability(torch.arange(num_texts).repeat_interleave(k), top_t.reshape(-1))
+    t2i = similarity.t().scatter(1, top_t, 1.0 + probability.view(num_texts, k)).t()  # (N_image, N_text)
+    i2t_recall = class_level_recall(i2t, image_labels, text_labels, ks=ks)
+    t2i_recall = class_level_recall(t2i, image_labels, text_labels, ks=ks)
+    out["itm_reranked"] = {
+        **{key: v for key, v in t2i_recall.items() if key.startswith("t2i")},
+        **{key: v for key, v in i2t_recall.items() if key.startswith("i2t")},
+    }
+    out["itm_rerank_top1_changed"] = {
+        "i2t": float((i2t.argmax(1) != similarity.argmax(1)).float().mean()),
+        "t2i": float((t2i.argmax(0) != similarity.argmax(0)).float().mean()),
+    }
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- training
 
 
 def train_itc(
-    model: MMModel,
+    model: MMModel | MMForImageTextRetrieval,
     sample_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     text_pooled: torch.Tensor,
     max_steps: int,
@@ -407,15 +590,20 @@ def train_itc(
     image_pixels: torch.Tensor | None = None,
     image_pooled: torch.Tensor | None = None,
     log_every: int = 50,
+    text_states: tuple[torch.Tensor, torch.Tensor] | None = None,
+    image_tokens: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """
-    ITC training of a late-fusion model whose text tower is locked (its pooled features `text_pooled` given).
+    ITC training of a model whose text tower is locked (its pooled features `text_pooled` given): a late-fusion
+    `MMModel`, or an `MMForImageTextRetrieval` of a cross fusion (hybrid, coattention), which also trains ITM on
+    ALBEF hard negatives drawn from the batch's ITC similarity, through the head's own `_itm_pairs` / `_itm`.
 
-    With `image_pooled` (a locked vision tower's cached features) only the projections and the temperature learn;
-    with `image_pixels` the vision tower learns too. AdamW with linear warmup then cosine decay to 0.
+    With `image_pooled` (a locked vision tower's cached features) only the projections, the temperature and (ITM)
+    the fusion layers and the ITM head learn; with `image_pixels` the vision tower learns too. AdamW with linear
+    warmup then cosine decay to 0.
 
     Args:
-        model (`MMModel`): Late fusion.
+        model (`MMModel` or `MMForImageTextRetrieval`): Late fusion, or a cross fusion with its ITM head.
         sample_batch (`Callable`): `generator -> (image_rows, text_rows, group_ids)`, three `(B,)` long tensors:
             rows of the image cache, rows of `text_pooled`, and ids whose equal values are positives of each other.
         text_pooled (`torch.Tensor`): `(T, D_text)` locked text features.
@@ -424,17 +612,27 @@ def train_itc(
         image_pixels (`torch.Tensor`, *optional*): `(N, 3, S, S)` uint8 cache, when the vision tower trains.
         image_pooled (`torch.Tensor`, *optional*): `(N, D_vision)` cached features, when it is locked.
         log_every (`int`, *optional*, defaults to 50): Log the mean loss every this many steps.
+        text_states (`tuple`, *optional*): ITM only: the locked text tower's token states `(T, L, D_text)` and
+            attention mask `(T, L)`, rows as in `text_pooled` (`encode_text_states`).
+        image_tokens (`torch.Tensor`, *optional*): ITM with a locked vision tower: its cached token states
+            `(N, K, D_vision)`.
 
     Returns:
-        `{"final_loss", "train_seconds", "trainable_parameters"}`.
+        `{"final_loss", "train_seconds", "trainable_parameters"}`, plus `"final_itc_loss"` and `"final_itm_loss"`
+        with ITM.
     """
     if (image_pixels is None) == (image_pooled is None):
         raise ValueError("Pass exactly one of image_pixels (tower trains) and image_pooled (tower locked).")
-    _lock(model.text_model)
+    mm = model.base_model
+    with_itm = hasattr(model, "itm_head") and "itm" in model.config.objectives
+    if with_itm and (text_states is None or (image_pooled is not None and image_tokens is None)):
+        raise ValueError("ITM training needs text_states and, with a locked vision tower, image_tokens.")
+    # Train mode for what learns (fusion dropout; ITM samples its hard negatives only in training), eval for the
+    # locked towers.
+    model.train()
+    _lock(mm.text_model)
     if image_pooled is not None:
-        _lock(model.vision_model)
-    else:
-        model.vision_model.train()
+        _lock(mm.vision_model)
     params = [p for p in model.parameters() if p.requires_grad]
     # No weight decay on the temperature (CLIP), norms and biases.
     decay = [p for p in params if p.ndim >= 2]
@@ -452,16 +650,33 @@ def train_itc(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     generator = torch.Generator().manual_seed(seed)
     start = time.time()
-    running, losses = 0.0, []
+    running, losses, parts = 0.0, [], {"itc": [], "itm": []}
     for step in range(max_steps):
         image_rows, text_rows, ids = sample_batch(generator)
+        tokens = None
         if image_pooled is not None:
             pooled = image_pooled[image_rows]
+            tokens = image_tokens[image_rows] if with_itm else None
         else:
-            pooled = model.encode_image(_normalise(image_pixels[image_rows]), pooled_only=True).pooler_output
-        image_embeds = _project(model.visual_projection, pooled)  # (B, P)
-        text_embeds = _project(model.text_projection, text_pooled[text_rows])  # (B, P)
-        loss = contrastive_loss(image_embeds, text_embeds, model.clamped_logit_scale(), ids=ids)
+            out = mm.encode_image(_normalise(image_pixels[image_rows]), pooled_only=not with_itm)
+            pooled, tokens = out.pooler_output, out.last_hidden_state  # (B, Dv), (B, K, Dv) or None
+        image_embeds = _project(mm.visual_projection, pooled)  # (B, P)
+        text_embeds = _project(mm.text_projection, text_pooled[text_rows])  # (B, P)
+        loss, similarity = contrastive_loss_and_logits(image_embeds, text_embeds, mm.clamped_logit_scale(), ids=ids)
+        if with_itm:
+            # As `MMForImageTextRetrieval._retrieval_loss`, from the cached text states: B positives, then one hard
+            # negative text per image and one hard negative image per text, never within a group (`ids`).
+            text_idx, image_idx, labels = model._itm_pairs(similarity, ids, len(ids), ids.device)
+            hidden, mask = text_states
+            rows = text_rows[text_idx]
+            fused = mm.fuse(
+                hidden[rows], mask[rows], tokens, image_index=image_idx,
+                output_positions=text_idx.new_zeros(len(text_idx), 1),
+            ).last_hidden_state  # (P, 1, Dt): the [CLS] state only
+            itm = model._itm(fused[:, 0], labels)[0]
+            parts["itc"].append(float(loss.detach()))
+            parts["itm"].append(float(itm.detach()))
+            loss = model.config.itc_weight * loss + model.config.itm_weight * itm
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -469,18 +684,24 @@ def train_itc(
         losses.append(float(loss.detach()))
         running += losses[-1]
         if (step + 1) % log_every == 0 or step + 1 == max_steps:
-            logger.info("step %d/%d: itc loss %.4f (%.1fs)", step + 1, max_steps, running / ((step % log_every) + 1),
+            logger.info("step %d/%d: loss %.4f (%.1fs)", step + 1, max_steps, running / ((step % log_every) + 1),
                         time.time() - start)
             running = 0.0
         if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"ITC loss is {losses[-1]} at step {step + 1}.")
+            raise FloatingPointError(f"Training loss is {losses[-1]} at step {step + 1}.")
     model.eval()
-    tail = losses[-min(20, len(losses)) :]
-    return {
-        "final_loss": round(float(np.mean(tail)), 4),
+
+    def tail(values: list[float]) -> float:
+        return round(float(np.mean(values[-min(20, len(values)) :])), 4)
+
+    log = {
+        "final_loss": tail(losses),
         "train_seconds": round(time.time() - start, 1),
         "trainable_parameters": sum(p.numel() for p in params),
     }
+    if with_itm:
+        log.update(final_itc_loss=tail(parts["itc"]), final_itm_loss=tail(parts["itm"]))
+    return log
 
 
 def _seeded(seed: int) -> torch.Generator:
@@ -514,7 +735,9 @@ def _trainable_and_total(model: MMModel, locked_vision: bool) -> tuple[int, int]
     return trained, total
 
 
-def run_fashion_mnist(args: RealBenchmarkArguments, towers: Sequence[str], text_path: str) -> dict:
+def run_fashion_mnist(
+    args: RealBenchmarkArguments, towers: Sequence[str], text_path: str, fusions: Sequence[str] = ()
+) -> dict:
     """
     Fashion-MNIST: ITC pretraining on the captions of the 7 seen classes, then zero-shot top-1 on the held-out
     classes (3-way) and on all 10, and a linear probe (train subset -> full test split), per tower.
@@ -523,9 +746,10 @@ def run_fashion_mnist(args: RealBenchmarkArguments, towers: Sequence[str], text_
         args (`RealBenchmarkArguments`): Settings.
         towers (`Sequence[str]`): Towers to run (subset of `TOWERS`).
         text_path (`str`): Text tower folder.
+        fusions (`Sequence[str]`, *optional*): `--fusions` rows to add (`run_fusion_rows`), under `"fusions"`.
 
     Returns:
-        `{"setup": {...}, "towers": {tower: {...} | {"blocked": reason}}}`.
+        `{"setup": {...}, "towers": {tower: {...} | {"blocked": reason}}}`, plus `"fusions"` with `fusions`.
     """
     from processing.data import build_default_processor
     from processing.real_datasets import (
@@ -572,7 +796,7 @@ def run_fashion_mnist(args: RealBenchmarkArguments, towers: Sequence[str], text_
     results: dict = {"setup": setup, "towers": {}}
     for tower in towers:
         tower_start = time.time()
-        model = _seeded_tower_model(tower, text_path, args, "Fashion-MNIST", results)
+        model = _seeded_tower_model(tower, text_path, args, "Fashion-MNIST", results["towers"])
         if model is None:
             continue
         locked = tower == "effnet_lite0_locked"
@@ -604,10 +828,21 @@ def run_fashion_mnist(args: RealBenchmarkArguments, towers: Sequence[str], text_
             "seconds": round(time.time() - tower_start, 1),
         }
         logger.info("Fashion-MNIST, %s: %s", tower, results["towers"][tower])
+    if fusions:
+        # Retrieval gallery: every caption (10 classes x templates), a hit being any caption of the image's class.
+        results["fusions"] = run_fusion_rows(
+            args, fusions, text_path, tokenizer, prompts, sample_batch, train_pixels, test_pixels, test_labels,
+            torch.arange(len(prompts)), torch.arange(len(prompts)) // num_templates, "Fashion-MNIST",
+        )
+        setup["retrieval_gallery"] = (
+            f"{len(prompts)} captions ({len(FASHION_MNIST_CLASSES)} classes x {num_templates} templates)"
+        )
     return results
 
 
-def run_openclipart(args: RealBenchmarkArguments, towers: Sequence[str], text_path: str) -> dict:
+def run_openclipart(
+    args: RealBenchmarkArguments, towers: Sequence[str], text_path: str, fusions: Sequence[str] = ()
+) -> dict:
     """
     OpenClipArt: ITC pretraining on the training drawings and their titles, then title-level retrieval recall@1/5/10
     both ways on the held-out split and zero-shot classification into the top-level categories, per tower.
@@ -616,9 +851,10 @@ def run_openclipart(args: RealBenchmarkArguments, towers: Sequence[str], text_pa
         args (`RealBenchmarkArguments`): Settings.
         towers (`Sequence[str]`): Towers to run (subset of `TOWERS`).
         text_path (`str`): Text tower folder.
+        fusions (`Sequence[str]`, *optional*): `--fusions` rows to add (`run_fusion_rows`), under `"fusions"`.
 
     Returns:
-        `{"setup": {...}, "towers": {tower: {...} | {"blocked": reason}}}`.
+        `{"setup": {...}, "towers": {tower: {...} | {"blocked": reason}}}`, plus `"fusions"` with `fusions`.
     """
     from processing.collators import BadSampleCounter
     from processing.data import build_default_processor
@@ -671,7 +907,7 @@ def run_openclipart(args: RealBenchmarkArguments, towers: Sequence[str], text_pa
     results: dict = {"setup": setup, "towers": {}}
     for tower in towers:
         tower_start = time.time()
-        model = _seeded_tower_model(tower, text_path, args, "OpenClipArt", results)
+        model = _seeded_tower_model(tower, text_path, args, "OpenClipArt", results["towers"])
         if model is None:
             continue
         locked = tower == "effnet_lite0_locked"
@@ -706,7 +942,97 @@ def run_openclipart(args: RealBenchmarkArguments, towers: Sequence[str], text_pa
             "seconds": round(time.time() - tower_start, 1),
         }
         logger.info("OpenClipArt, %s: %s", tower, results["towers"][tower])
+    if fusions:
+        results["fusions"] = run_fusion_rows(
+            args, fusions, text_path, tokenizer, titles, sample_batch, train_pixels, test_pixels, test_image_title,
+            test_title_rows, torch.arange(len(test_titles)), "OpenClipArt",
+        )
     return results
+
+
+def run_fusion_rows(
+    args: RealBenchmarkArguments,
+    fusions: Sequence[str],
+    text_path: str,
+    tokenizer,
+    texts: Sequence[str],
+    sample_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    train_pixels: torch.Tensor,
+    test_pixels: torch.Tensor,
+    test_image_labels: torch.Tensor,
+    test_text_rows: torch.Tensor,
+    test_text_labels: torch.Tensor,
+    dataset: str,
+) -> dict:
+    """
+    The `--fusions` rows of one dataset: `args.fusion_tower` built with each fusion, trained by `train_itc` on the
+    dataset's batches and budget (ITC; ITC + ITM for the cross fusions), then class-level retrieval on the held-out
+    images against the gallery texts, from ITC and with ITM re-ranking of the ITC top-`args.rerank_top_k`
+    (`retrieval_with_itm_rerank`).
+
+    Args:
+        args (`RealBenchmarkArguments`): Settings.
+        fusions (`Sequence[str]`): Subset of `FUSIONS`.
+        text_path (`str`): Text tower folder.
+        tokenizer: Its tokenizer.
+        texts (`Sequence[str]`): Every caption the batches and the gallery index (`sample_batch`'s text rows).
+        sample_batch (`Callable`): As in `train_itc`.
+        train_pixels, test_pixels (`torch.Tensor`): uint8 image caches (`pixel_cache`).
+        test_image_labels (`torch.Tensor`): `(N_test,)` class (title) of each held-out image.
+        test_text_rows, test_text_labels (`torch.Tensor`): Rows of `texts` in the retrieval gallery, and their class.
+        dataset (`str`): Name for the log.
+
+    Returns:
+        `{"tower": ..., "rows": {fusion: {...} | {"blocked": reason}}}`.
+    """
+    tower = args.fusion_tower
+    locked = tower == "effnet_lite0_locked"
+    rows: dict = {}
+    for fusion in fusions:
+        row_start = time.time()
+        model = _seeded_tower_model(tower, text_path, args, dataset, rows, key=fusion,
+                                    **_fusion_model_kwargs(fusion, args))
+        if model is None:
+            continue
+        mm, cross = model.base_model, fusion in CROSS_FUSIONS
+        text_hidden = text_mask = None
+        if cross:
+            text_pooled, text_hidden, text_mask = encode_text_states(mm, tokenizer, texts, args.max_length)
+        else:
+            text_pooled = encode_pooled_texts(mm, tokenizer, texts, args.max_length)
+        text_states = (text_hidden, text_mask) if cross else None
+        common = (sample_batch, text_pooled, args.max_steps, args.learning_rate, args.warmup_steps,
+                  args.weight_decay, args.seed)
+        if locked:
+            _lock(mm.vision_model)
+            train_pooled, train_tokens = _encode_images(mm, train_pixels, args.eval_batch_size, pooled_only=not cross)
+            log = train_itc(model, *common, image_pooled=train_pooled, text_states=text_states,
+                            image_tokens=train_tokens)
+        else:
+            log = train_itc(model, *common, image_pixels=train_pixels, text_states=text_states)
+            recalibrate_batch_norm(mm, train_pixels[torch.randperm(len(train_pixels), generator=_seeded(args.seed))])
+        eval_start = time.time()
+        test_pooled, test_tokens = _encode_images(mm, test_pixels, args.eval_batch_size, pooled_only=not cross)
+        with torch.no_grad():
+            image_embeds = _project(mm.visual_projection, test_pooled)  # (N_test, P)
+            text_embeds = _project(mm.text_projection, text_pooled[test_text_rows])  # (T_test, P)
+        match = None
+        if cross:  # (text_rows, image_rows) of the gallery -> p(match)
+            match = partial(
+                itm_match_probability, model, text_hidden[test_text_rows], text_mask[test_text_rows], test_tokens
+            )
+        recall = retrieval_with_itm_rerank(
+            image_embeds @ text_embeds.t(), test_image_labels, test_text_labels, match, args.rerank_top_k
+        )
+        rows[fusion] = {
+            **recall,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **log,
+            "eval_seconds": round(time.time() - eval_start, 1),
+            "seconds": round(time.time() - row_start, 1),
+        }
+        logger.info("%s, %s fusion on %s: %s", dataset, fusion, tower, rows[fusion])
+    return {"tower": tower, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -812,6 +1138,86 @@ def results_markdown(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def _recall_cell(recall: dict, direction: str) -> str:
+    return " / ".join(_pct(recall[f"{direction}_recall@{k}"]) for k in (1, 5, 10))
+
+
+def fusion_markdown(results: dict, command: str) -> str:
+    """The `--fusions` section of RESULTS.md (title, setup, one table per dataset, command)."""
+    args = results["arguments"]
+    first = next(results[d]["fusions"] for d in ("fashion_mnist", "openclipart") if "fusions" in results.get(d, {}))
+    tower = first["tower"]
+    lines = [
+        FUSION_RESULTS_SECTION_TITLE,
+        "",
+        f"Vision tower {TOWER_LABELS[tower]} with the locked MiniLM-L6 text tower, built once per fusion: "
+        f"hybrid (text cross-attends to the image tokens) and coattention (LXMERT-style two-stream), each with "
+        f"{args['num_fusion_layers']} fusion layers, trained with ITC + ITM (ALBEF hard negatives from the batch's "
+        f"ITC similarity, equal weights); late is the ITC-only baseline on the same tower. Same budget as the late "
+        f"rows of the section above: {args['max_steps']} steps of {args['batch_size']} pairs, AdamW at "
+        f"{args['learning_rate']:g} (warmup {args['warmup_steps']}, cosine), {args['image_size']} px, seed "
+        f"{args['seed']}. Retrieval over the held-out images at class (Fashion-MNIST) or title (OpenClipArt) level, "
+        f"from ITC alone and with each query's ITC top-{args['rerank_top_k']} re-scored by ITM (ALBEF's inference). "
+        f"Whole run: {results['wall_time_s'] / 60:.1f} min on {args['num_threads']} CPU thread(s).",
+        "",
+    ]
+    if results.get("fusion_note"):
+        lines += [results["fusion_note"], ""]
+    for key, name in (("fashion_mnist", "Fashion-MNIST"), ("openclipart", "OpenClipArt")):
+        if "fusions" not in results.get(key, {}):
+            continue
+        setup = results[key]["setup"]
+        gallery = setup.get("retrieval_gallery") or f"{setup.get('distinct_test_titles', '?')} distinct titles"
+        lines += [
+            f"**{name}** ({setup['train_images']:,} training / {setup['test_images']:,} held-out images; gallery: "
+            f"{gallery}).",
+            "",
+            "| fusion | text->image R@1 / R@5 / R@10, ITC | ITM re-ranked | image->text R@1 / R@5 / R@10, ITC | "
+            "ITM re-ranked | final ITC / ITM loss | train time | parameters (trained) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for fusion, r in results[key]["fusions"]["rows"].items():
+            if "blocked" in r:
+                lines.append(f"| {fusion} | not measured: {r['blocked'][:120]} | | | | | | |")
+                continue
+            reranked = r.get("itm_reranked")
+            if reranked:
+                loss = f"{r['final_itc_loss']:.3f} / {r['final_itm_loss']:.3f}"
+                t2i_itm, i2t_itm = _recall_cell(reranked, "t2i"), _recall_cell(reranked, "i2t")
+            else:
+                loss, t2i_itm, i2t_itm = f"{r['final_loss']:.3f} / -", "-", "-"
+            lines.append(
+                f"| {fusion} | {_recall_cell(r['itc'], 't2i')} | {t2i_itm} | {_recall_cell(r['itc'], 'i2t')} | "
+                f"{i2t_itm} | {loss} | {r['train_seconds'] / 60:.1f} min | {r['parameters'] / 1e6:.1f}M "
+                f"({r['trainable_parameters'] / 1e6:.2f}M) |"
+            )
+        lines.append("")
+    lines += [f"Command: `{command}` (results also in `{os.path.join(args['output_dir'], 'results.json')}`).", ""]
+    return "\n".join(lines)
+
+
+def _has_tower_rows(results: dict) -> bool:
+    return any(results.get(d, {}).get("towers") for d in ("fashion_mnist", "openclipart"))
+
+
+def _has_fusion_rows(results: dict) -> bool:
+    return any("fusions" in results.get(d, {}) for d in ("fashion_mnist", "openclipart"))
+
+
+def _write_markdown(results: dict, command: str, results_file: str | None) -> str:
+    """The Markdown of the sections the results have (late towers, `--fusions`), each written into its own section
+    of `results_file` (when set); the other sections of the file are kept."""
+    sections = []
+    if _has_tower_rows(results):
+        sections.append((RESULTS_SECTION_TITLE, results_markdown(results, command)))
+    if _has_fusion_rows(results):
+        sections.append((FUSION_RESULTS_SECTION_TITLE, fusion_markdown(results, command)))
+    if results_file:
+        for title, section in sections:
+            update_results_section(results_file, section, title)
+    return "\n".join(section for _, section in sections)
+
+
 def update_results_section(path: str, section: str, title: str = RESULTS_SECTION_TITLE) -> None:
     """
     Writes `section` into the Markdown file `path`: replaces the part from the line `title` up to the next `## `
@@ -837,8 +1243,9 @@ def update_results_section(path: str, section: str, title: str = RESULTS_SECTION
 
 def run_real_benchmark(args: RealBenchmarkArguments, command: str = "python -m run_scripts.real_benchmark") -> dict:
     """
-    Runs the benchmark, writes `<output_dir>/results.json` and (unless `results_file` is empty) the section of
-    `results_file`; returns the results.
+    Runs the benchmark, writes `<output_dir>/results.json` and (unless `results_file` is empty) the sections of
+    `results_file` that the run measured: the late towers' (when `towers` is not empty) and the `--fusions` one;
+    returns the results.
 
     Args:
         args (`RealBenchmarkArguments`): Settings (`--quick` applied here).
@@ -849,9 +1256,8 @@ def run_real_benchmark(args: RealBenchmarkArguments, command: str = "python -m r
     if args.render_only:
         with open(os.path.join(args.output_dir, "results.json"), encoding="utf-8") as f:
             results = json.load(f)
-        results["markdown"] = results_markdown(results, results.get("command", "python -m run_scripts.real_benchmark"))
-        if args.results_file:
-            update_results_section(args.results_file, results["markdown"])
+        command = results.get("command", "python -m run_scripts.real_benchmark")
+        results["markdown"] = _write_markdown(results, command, args.results_file)
         return results
     args.apply_quick()
     torch.set_num_threads(args.num_threads)
@@ -859,6 +1265,11 @@ def run_real_benchmark(args: RealBenchmarkArguments, command: str = "python -m r
     unknown = [t for t in towers if t not in TOWERS]
     if unknown:
         raise ValueError(f"--towers: unknown {unknown}; choose from {TOWERS}.")
+    fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
+    if set(fusions) - set(FUSIONS):
+        raise ValueError(f"--fusions: unknown {sorted(set(fusions) - set(FUSIONS))}; choose from {FUSIONS}.")
+    if fusions and args.fusion_tower not in TOWERS:
+        raise ValueError(f"--fusion_tower: choose from {TOWERS}; got {args.fusion_tower!r}.")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if set(datasets) - {"fashion_mnist", "openclipart"}:
         raise ValueError(f"--datasets: choose from fashion_mnist, openclipart; got {datasets}.")
@@ -866,15 +1277,13 @@ def run_real_benchmark(args: RealBenchmarkArguments, command: str = "python -m r
     text_path = args.text_model_name_or_path or default_text_tower_path()
     results: dict = {"arguments": asdict(args), "command": command}
     if "fashion_mnist" in datasets:
-        results["fashion_mnist"] = run_fashion_mnist(args, towers, text_path)
+        results["fashion_mnist"] = run_fashion_mnist(args, towers, text_path, fusions)
     if "openclipart" in datasets:
-        results["openclipart"] = run_openclipart(args, towers, text_path)
+        results["openclipart"] = run_openclipart(args, towers, text_path, fusions)
     results["wall_time_s"] = round(time.time() - start, 1)
     results["targets"] = [{"target": n, "measured": v, "verdict": s} for n, v, s in _targets(results)]
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
-    results["markdown"] = results_markdown(results, command)
-    if args.results_file:
-        update_results_section(args.results_file, results["markdown"])
+    results["markdown"] = _write_markdown(results, command, args.results_file)
     return results
