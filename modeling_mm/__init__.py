@@ -45,6 +45,7 @@ from .modeling_mm_heads import (
     MMForPreTrainingOutput,
     MMForVisualQuestionAnswering,
     MMITCDistillation,
+    MMITMNegatives,
     MMImageTextClassifierOutput,
     MMRetrievalOutput,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "MMForPreTrainingOutput",
     "MMForVisualQuestionAnswering",
     "MMITCDistillation",
+    "MMITMNegatives",
     "MMImageTextClassifierOutput",
     "MMModel",
     "MMModelOutput",

@@ -52,6 +52,7 @@ __all__ = [
     "MMForPreTrainingOutput",
     "MMForVisualQuestionAnswering",
     "MMITCDistillation",
+    "MMITMNegatives",
     "MMImageTextClassifierOutput",
     "MMRetrievalOutput",
     "random_keep_indices",
@@ -123,6 +124,33 @@ class MMITCDistillation:
     queue_text_embeds: torch.FloatTensor
     alpha: float
     queue_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class MMITMNegatives:
+    r"""
+    ITM hard negatives chosen outside the model, with the inputs of partners that are not in the batch: gradient
+    caching (`training.gradcache`) mines them over all k micro-batches and hands each micro-batch its partners, which
+    the model encodes with its towers (with gradient) and fuses as if they were batch rows.
+
+    Indices point into `[the batch's rows ; the partners given here]`: `i < B` is batch row i, `B + j` partner j.
+
+    Args:
+        text_for_image (`torch.LongTensor` of shape `(B,)`): The hard negative text of each image; -1 for none.
+        image_for_text (`torch.LongTensor` of shape `(B,)`): The hard negative image of each text; -1 for none.
+        input_ids, attention_mask (`torch.LongTensor` of shape `(N_t, L')`, *optional*): The partner texts.
+        pixel_values (`torch.FloatTensor` of shape `(N_i, C, H, W)` or `(N_i, T, C, H, W)`, *optional*): The partner
+            images.
+        image_keep_indices (`torch.LongTensor` of shape `(N_i, K)`, *optional*): FLIP patches of the partner images
+            (the ones they had in their own micro-batch); in training with FLIP on and none given, drawn here.
+    """
+
+    text_for_image: torch.LongTensor
+    image_for_text: torch.LongTensor
+    input_ids: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    pixel_values: torch.FloatTensor | None = None
+    image_keep_indices: torch.LongTensor | None = None
 
 
 @dataclass
@@ -386,6 +414,7 @@ class MMForPreTraining(MMPreTrainedModel):
         output_hidden_states: bool | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         itc_distillation: MMITCDistillation | None = None,
+        itm_negatives: MMITMNegatives | None = None,
         **kwargs,
     ) -> MMForPreTrainingOutput:
         r"""
@@ -404,11 +433,15 @@ class MMForPreTraining(MMPreTrainedModel):
                 late / hybrid / coattention): the student is scored against the teacher's features of the batch and
                 the queue, with `alpha`-mixed soft targets (`losses.distilled_contrastive_loss`). `MMTrainer` passes
                 it in training when given a `MomentumDistillation`; `logits_per_image` stays the student's own.
+            itm_negatives ([`MMITMNegatives`]): ITM hard negatives chosen outside (gradient caching mines them over all
+                micro-batches), with the partners' inputs; replaces the model's own mining (late fusion has no ITM).
         """
         pixel_values = visual_input(pixel_values, pixel_values_videos)
         self._check_inputs(input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids)
         if itc_distillation is not None:
             self._check_distillation(itc_distillation, input_ids.shape[0])
+        if itm_negatives is not None:
+            self._check_itm_negatives(itm_negatives, input_ids.shape[0])
         flags = {
             "output_attentions": _flag(output_attentions, self.config, "output_attentions"),
             "output_hidden_states": _flag(output_hidden_states, self.config, "output_hidden_states"),
@@ -421,7 +454,7 @@ class MMForPreTraining(MMPreTrainedModel):
                                                  image_ids, flags)
         else:
             losses, out = self._tower_objectives(input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels,
-                                                 image_ids, keep, flags, itc_distillation)
+                                                 image_ids, keep, flags, itc_distillation, itm_negatives)
         if not any(flags.values()):
             # Tower outputs only when asked for: Trainer's evaluation would otherwise gather every token state.
             out.pop("text_model_output", None)
@@ -517,6 +550,53 @@ class MMForPreTraining(MMPreTrainedModel):
         image_bank = gather_padded(image_hidden, rank, world_size)  # (W*B, N, Dv)
         return text_bank[text_idx], mask_bank[text_idx], image_bank, image_idx, labels, offset
 
+    def _given_itm_inputs(
+        self,
+        text_hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_hidden: torch.Tensor,
+        negatives: MMITMNegatives,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.LongTensor, torch.LongTensor]:
+        """`_itm_inputs` for negatives chosen outside: the partner rows are encoded by the towers (with gradient) and
+        appended to the batch's text and image banks, then paired as ALBEF pairs them."""
+        text_bank, mask_bank, image_bank = text_hidden, attention_mask, image_hidden
+        if negatives.input_ids is not None and negatives.input_ids.shape[0] > 0:
+            partner_mask = negatives.attention_mask
+            if partner_mask is None:
+                partner_mask = torch.ones_like(negatives.input_ids)
+            partners = self.mm.encode_text(negatives.input_ids, partner_mask).last_hidden_state  # (N_t, L', D)
+            length = max(text_hidden.shape[1], partners.shape[1])
+            text_bank = torch.cat([_pad_length(text_hidden, length), _pad_length(partners, length)])
+            mask_bank = torch.cat([_pad_length(attention_mask, length), _pad_length(partner_mask, length)])
+        if negatives.pixel_values is not None and negatives.pixel_values.shape[0] > 0:
+            keep = negatives.image_keep_indices
+            if keep is None:
+                keep = self._vision_keep_indices(negatives.pixel_values, None)
+            partners = self.mm.encode_image(negatives.pixel_values, keep).last_hidden_state  # (N_i, 1+K, Dv)
+            image_bank = torch.cat([image_hidden, partners])
+        own = torch.arange(text_hidden.shape[0], device=text_hidden.device)
+        text_idx, image_idx, labels = _hard_negative_pairs(negatives.text_for_image, negatives.image_for_text, own)
+        return text_bank[text_idx], mask_bank[text_idx], image_bank, image_idx, labels
+
+    def _check_itm_negatives(self, negatives: MMITMNegatives, batch: int) -> None:
+        if "itm" not in self.config.objectives or self.config.fusion not in CROSS_FUSIONS:
+            raise ValueError(
+                "itm_negatives needs the 'itm' objective and a fusion layer stack (hybrid, coattention); this model has "
+                f"objectives {list(self.config.objectives)} and fusion={self.config.fusion!r}."
+            )
+        sizes = {
+            "text_for_image": (negatives.input_ids, negatives.text_for_image),
+            "image_for_text": (negatives.pixel_values, negatives.image_for_text),
+        }
+        for name, (partners, index) in sizes.items():
+            if index.shape != (batch,):
+                raise ValueError(f"itm_negatives.{name} must have shape ({batch},), got {tuple(index.shape)}.")
+            rows = batch + (0 if partners is None else partners.shape[0])
+            if bool(((index < -1) | (index >= rows)).any()):
+                raise ValueError(
+                    f"itm_negatives.{name} indexes [batch rows ; partners], i.e. [-1, {rows}); got {index.tolist()}."
+                )
+
     def _itm(self, fused_cls: torch.Tensor, labels: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ITM loss and `(P, 2)` logits from the fused `[CLS]` states `(P, D)` of the pairs."""
         logits = self.itm_head(fused_cls)
@@ -540,7 +620,7 @@ class MMForPreTraining(MMPreTrainedModel):
 
     def _tower_objectives(
         self, input_ids, pixel_values, attention_mask, mlm_input_ids, mlm_labels, image_ids, keep, flags,
-        itc_distillation=None,
+        itc_distillation=None, itm_negatives=None,
     ) -> tuple[dict[str, torch.Tensor], dict]:
         objectives = set(self.config.objectives)
         mm = self.mm
@@ -589,10 +669,15 @@ class MMForPreTraining(MMPreTrainedModel):
             out.update(logits_per_image=similarity, image_embeds=image_embeds, text_embeds=text_embeds)
             if similarity_loss is not None:
                 losses["itc"] = similarity_loss
-            if "itm" in objectives:
+            if "itm" in objectives and itm_negatives is not None:
+                itm_text, itm_mask, image_bank, image_idx, itm_labels = self._given_itm_inputs(
+                    text_hidden, attention_mask, image_hidden, itm_negatives
+                )
+            elif "itm" in objectives:
                 itm_text, itm_mask, image_bank, image_idx, itm_labels, offset = self._itm_inputs(
                     text_hidden, attention_mask, image_hidden, image_embeds, text_embeds, similarity, image_ids
                 )
+            if "itm" in objectives:
                 fuse_text.append(itm_text)
                 fuse_mask.append(itm_mask)
                 fuse_image.append(image_idx)

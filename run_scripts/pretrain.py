@@ -175,7 +175,7 @@ class PretrainingArguments(TrainingArguments):
             "help": "Gradient-cached ITC (GradCache): split each per-device batch into k micro-batches that train as "
             "one batch, with all its negatives, holding one micro-batch's activations at a time (k must divide "
             "--per_device_train_batch_size; a second forward per micro-batch). --gradient_accumulation_steps then "
-            "accumulates whole batches, each with its own negatives. ITM negatives are mined per micro-batch."
+            "accumulates whole batches, each with its own negatives. ITM hard negatives are mined over all k micro-batches."
         },
     )
     momentum_distillation: bool = field(

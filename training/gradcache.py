@@ -11,8 +11,8 @@ One step (`gradcache_backward`):
    across torch.distributed ranks by itself) over the k·b cached embeddings, turned into leaves; `torch.autograd.grad`
    gives the gradient of every cached embedding and of the parameters the loss reads directly (the temperature, the
    sigmoid bias).
-3. **Replay with graph.** Each micro-batch runs again with its recorded RNG state restored, so dropout, FLIP masks and
-   ITM negative sampling draw exactly what step 1 drew, and backpropagates the surrogate
+3. **Replay with graph.** Each micro-batch runs again with its recorded RNG state restored, so dropout and FLIP masks
+   draw exactly what step 1 drew, and backpropagates the surrogate
    `<image_embeds, g_image> + <text_embeds, g_text> + sum_obj w_obj * (n_obj_i / n_obj) * loss_obj_i`: the cached
    gradients, plus the micro-batch's non-ITC losses weighted by its share of the items they average over (masked
    tokens for MLM, target tokens for LM, pairs for ITM), which makes the sum the k·b batch's token mean. The
@@ -25,11 +25,12 @@ With Trainer, `MMTrainer(itc_accumulation_steps=k)` runs this as its `training_s
 `gradient_accumulation_steps` (GA) is orthogonal: it accumulates whole Trainer batches of k·b rows, each with its own
 k·b negatives, before one optimizer step of k·b·GA rows (per device).
 
-Limitation: ITM hard negatives are mined inside each micro-batch (from its b·b similarity, ALBEF), not over all k·b:
-the model mines and fuses its negatives within one forward, and a negative from another micro-batch is not among its
-inputs. Mining over k·b would need a model hook: `MMForPreTraining.forward` taking the ITM pairs (indices into the
-micro-batch followed by extra partner rows) and those partner rows' inputs, which it would encode (towers only) and
-fuse with the pairs; step 2 would then draw the pairs with `sample_hard_negatives` from the cached k·b similarity.
+ITM: its hard negatives are mined over all k·b rows, from the cached k·b similarity (`sample_hard_negatives`, ALBEF;
+never between items sharing an `image_id`), after step 1. In step 3 each micro-batch gets its pairs and the inputs of
+the partners that sit in other micro-batches (`MMITMNegatives`), which the model encodes with its towers (with
+gradient) and fuses like its own rows: with dropout 0 the ITM loss and gradients are those of one k·b batch. FLIP
+masks are then drawn once for the whole batch, so a partner image keeps the patches it had in its own micro-batch.
+Under torch.distributed the mining spans each rank's k·b rows (not every rank's, as a plain forward's does).
 Under DDP only the last micro-batch's backward synchronises gradients; DeepSpeed and DataParallel are refused by
 `MMTrainer`; FSDP is untested.
 """
@@ -40,6 +41,9 @@ from dataclasses import dataclass
 
 import torch
 from transformers.utils import ModelOutput
+
+from modeling_mm import MMITMNegatives
+from modeling_mm.losses import sample_hard_negatives
 
 
 __all__ = ["GradCacheOutput", "RNGState", "check_itc_accumulation", "gradcache_backward", "split_micro_batches"]
@@ -56,8 +60,7 @@ class GradCacheOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`): The weighted total, as one forward over the k·b rows reports it.
         itc_loss (`torch.FloatTensor` of shape `()`): The ITC loss over all k·b pairs.
-        itm_loss, mlm_loss, lm_loss (`torch.FloatTensor` of shape `()`): Each objective's mean over the k·b rows
-            (ITM: over the per-micro-batch pairs).
+        itm_loss, mlm_loss, lm_loss (`torch.FloatTensor` of shape `()`): Each objective's mean over the k·b rows.
     """
 
     loss: torch.FloatTensor | None = None
@@ -145,8 +148,8 @@ def gradcache_backward(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> GradCacheOutput:
     """One gradient-cached forward and backward of `inputs` (a batch of k·b rows) in `steps` = k micro-batches: the
-    parameters' `.grad` receive `loss_scale` times the gradient of one forward over all k·b rows (ITM aside, see the
-    module docstring). The model must be in training mode for dropout and FLIP to apply, as in any training step.
+    parameters' `.grad` receive `loss_scale` times the gradient of one forward over all k·b rows (ITM: with dropout 0,
+    see the module docstring). The model must be in training mode for dropout and FLIP to apply, as in any training step.
 
     Args:
         model (`torch.nn.Module`): An `MMForPreTraining` with the `itc` objective, possibly wrapped (DDP, FSDP, peft).
@@ -162,21 +165,43 @@ def gradcache_backward(
     inner = _pretraining_model(model)
     config = inner.config
     check_itc_accumulation(steps, config=config)
+    itm = "itm" in config.objectives
+    if itm and "image_keep_indices" not in inputs:
+        # FLIP masks of the whole batch at once: a partner image is encoded in another micro-batch's replay.
+        keep = inner._vision_keep_indices(_pixels(inputs), None)
+        if keep is not None:
+            inputs = {**inputs, "image_keep_indices": keep}
     micro_batches = split_micro_batches(inputs, steps)
     device = inputs["input_ids"].device
 
-    # 1. Embed every micro-batch without graph, remembering the RNG state each forward started from.
+    # 1. Embed every micro-batch without graph, remembering the RNG state each forward started from. (With ITM,
+    # pass 1 fuses the positives only: its negatives are chosen below, over all k·b.)
     rng_states, image_cache, text_cache, items = [], [], [], []
     with torch.no_grad():
         for micro in micro_batches:
             rng_states.append(RNGState.capture(device))
+            extra = {}
+            if itm:
+                none = torch.full_like(micro["input_ids"][:, 0], -1)
+                extra["itm_negatives"] = MMITMNegatives(text_for_image=none, image_for_text=none)
             with autocast():
-                out = model(**micro)
+                out = model(**micro, **extra)
             image_cache.append(out.image_embeds)  # (b, P)
             text_cache.append(out.text_embeds)  # (b, P)
             # How many items (pairs, tokens) each non-ITC loss of this micro-batch averages over.
             items.append({obj: out[key].shape[0] for obj, key in _ITEMS_OF.items() if f"{obj}_loss" in out})
             del out
+    sizes = [e.shape[0] for e in image_cache]
+    negatives = None
+    if itm:
+        # ITM hard negatives over all k·b rows, from the cached similarity (ALBEF; sampled in training).
+        with torch.no_grad():
+            similarity = inner.mm.similarity(torch.cat(image_cache), torch.cat(text_cache))  # (k·b, k·b)
+            negatives = sample_hard_negatives(similarity, inputs.get("image_ids"), sample=inner.training)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for i, (start, size) in enumerate(zip(starts, sizes)):
+            pairs = size + sum(int((n[start : start + size] >= 0).sum()) for n in negatives)
+            items[i]["itm"] = pairs
     after_pass_one = RNGState.capture(device)
 
     # 2. The ITC loss over all k·b cached embeddings; gradients of the embeddings and of the parameters it reads.
@@ -186,7 +211,6 @@ def gradcache_backward(
     with autocast():
         itc_loss, _ = inner.mm.itc_loss_and_logits(images, texts, inputs.get("image_ids"))
     grads = torch.autograd.grad(config.itc_weight * loss_scale * itc_loss, [images, texts, *direct], allow_unused=True)
-    sizes = [e.shape[0] for e in image_cache]
     image_grads, text_grads = grads[0].split(sizes), grads[1].split(sizes)
     direct_grads = [(p, g) for p, g in zip(direct, grads[2:]) if g is not None]  # the temperature (and bias)
     del images, texts, image_cache, text_cache
@@ -197,9 +221,12 @@ def gradcache_backward(
     for i, micro in enumerate(micro_batches):
         rng_states[i].restore()
         last = i == len(micro_batches) - 1
+        extra = {}
+        if negatives is not None:
+            extra["itm_negatives"] = _micro_batch_negatives(inputs, negatives, starts[i], sizes[i])
         with contextlib.nullcontext() if last else no_sync():
             with autocast():
-                out = model(**micro)
+                out = model(**micro, **extra)
             surrogate = (out.image_embeds * image_grads[i]).sum() + (out.text_embeds * text_grads[i]).sum()
             for obj, total in totals.items():
                 # This micro-batch's share of the k·b mean (0 when no row of the batch scores anything).
@@ -217,3 +244,36 @@ def gradcache_backward(
     losses = {"itc": itc_loss.detach(), **reported}
     total = sum(getattr(config, f"{obj}_weight") * value for obj, value in losses.items())
     return GradCacheOutput(loss=total, **{f"{obj}_loss": value for obj, value in losses.items()})
+
+
+def _micro_batch_negatives(
+    inputs: dict, negatives: tuple[torch.LongTensor, torch.LongTensor], start: int, size: int
+) -> MMITMNegatives:
+    """The k·b-wide negatives of rows `[start, start + size)` as one micro-batch's `MMITMNegatives`: a partner inside
+    the micro-batch is its own row, one outside becomes an appended partner row (each needed row once)."""
+    stop = start + size
+    local, partners = [], []
+    for chosen in negatives:  # (text for each image, image for each text), global row indices or -1
+        chosen = chosen[start:stop]
+        inside = (chosen >= start) & (chosen < stop)
+        outside = (chosen >= 0) & ~inside
+        rows = torch.unique(chosen[outside])  # sorted
+        index = torch.full_like(chosen, -1)
+        index[inside] = chosen[inside] - start
+        index[outside] = size + torch.searchsorted(rows, chosen[outside])
+        local.append(index)
+        partners.append(rows)
+    texts, images = partners
+    keep = inputs.get("image_keep_indices")
+    return MMITMNegatives(
+        text_for_image=local[0],
+        image_for_text=local[1],
+        input_ids=inputs["input_ids"][texts],
+        attention_mask=inputs["attention_mask"][texts] if inputs.get("attention_mask") is not None else None,
+        pixel_values=_pixels(inputs)[images],
+        image_keep_indices=keep[images] if keep is not None else None,
+    )
+
+
+def _pixels(inputs: dict) -> torch.Tensor:
+    return inputs["pixel_values"] if inputs.get("pixel_values") is not None else inputs["pixel_values_videos"]
