@@ -69,7 +69,7 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_mm import MMConfig, MMForConditionalGeneration, MMForPreTraining  # noqa: E402
-from modeling_mm.modeling_mm_heads import random_keep_indices  # noqa: E402
+from modeling_mm.modeling_mm_pretraining import random_keep_indices  # noqa: E402
 
 
 __all__ = [

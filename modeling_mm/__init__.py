@@ -41,14 +41,11 @@ from .modeling_mm_heads import (
     MMForConditionalGeneration,
     MMForImageTextClassification,
     MMForImageTextRetrieval,
-    MMForPreTraining,
-    MMForPreTrainingOutput,
     MMForVisualQuestionAnswering,
-    MMITCDistillation,
-    MMITMNegatives,
     MMImageTextClassifierOutput,
     MMRetrievalOutput,
 )
+from .modeling_mm_pretraining import MMForPreTraining, MMForPreTrainingOutput, MMITCDistillation, MMITMNegatives
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """MM: one multimodal Transformer family with early, late, hybrid and co-attention fusion.
 
 Reading order: outputs -> attention -> layers -> embeddings -> towers (vision, text) -> captioning decoder ->
-`MMPreTrainedModel` -> `MMModel`. Task heads live in `modeling_mm_heads.py`, losses in `losses.py`.
+`MMPreTrainedModel` -> `MMModel`. Pretraining lives in `modeling_mm_pretraining.py`, the task heads in
+`modeling_mm_heads.py`, losses in `losses.py`.
 """
 
 from collections.abc import Callable
@@ -671,7 +672,7 @@ def _check_text_inputs(
 REMOTE_CODE_AUTO_MAP: dict[str, str] = {
     "AutoConfig": "configuration_mm.MMConfig",
     "AutoModel": "modeling_mm.MMModel",
-    "AutoModelForPreTraining": "modeling_mm_heads.MMForPreTraining",
+    "AutoModelForPreTraining": "modeling_mm_pretraining.MMForPreTraining",
     "AutoModelForVisualQuestionAnswering": "modeling_mm_heads.MMForVisualQuestionAnswering",
     "AutoModelForImageTextToText": "modeling_mm_heads.MMForConditionalGeneration",
     "AutoModelForZeroShotImageClassification": "modeling_mm.MMModel",
@@ -681,6 +682,7 @@ REMOTE_CODE_FILES = (
     "configuration_mm.py",
     "modeling_mm.py",
     "modeling_mm_heads.py",
+    "modeling_mm_pretraining.py",
     "losses.py",
     "modeling_efficientnet_lite.py",
 )

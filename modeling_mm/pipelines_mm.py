@@ -22,7 +22,6 @@ model=<local folder>)` then works on any checkpoint folder, published or not.
 """
 
 import functools
-import sys
 from typing import Any
 
 from transformers import Pipeline
@@ -193,13 +192,15 @@ class MMImageTextRetrievalPipeline(Pipeline):
 
     def _rank_texts(self):
         # `pt` is AutoModelForPreTraining (transformers has no Auto class for retrieval), i.e. `MMForPreTraining`: it
-        # holds the towers, projections and ITM head that `MMForImageTextRetrieval.rank_texts` reads, and the
-        # retrieval head subclasses it, so that method runs on it unchanged.
+        # holds the towers, projections and ITM head that `MMForImageTextRetrieval.rank_texts` reads (`mm`,
+        # `itm_head`), so that method runs on it unchanged.
         method = getattr(self.model, "rank_texts", None)
         if method is not None:
             return method
-        heads = sys.modules[type(self.model).__module__]
-        return functools.partial(heads.MMForImageTextRetrieval.rank_texts, self.model)
+        # Relative, so a remote-code folder's copy of the heads is loaded with this file.
+        from .modeling_mm_heads import MMForImageTextRetrieval
+
+        return functools.partial(MMForImageTextRetrieval.rank_texts, self.model)
 
     def _forward(self, model_inputs, rerank_top_k: int = 16):
         query = model_inputs.pop("query")

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_mm import MMForPreTraining
-from modeling_mm.modeling_mm_heads import random_keep_indices
+from modeling_mm.modeling_mm_pretraining import random_keep_indices
 from tests.mm_tester import MMModelTester
 from training import gradcache
 from training.gradcache import gradcache_backward, split_micro_batches

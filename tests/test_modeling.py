@@ -199,8 +199,9 @@ def test_auto_classes_round_trip(tmp_path):
         torch.testing.assert_close(base(**inputs).pooler_output, model.mm(**inputs).pooler_output)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["auto_map"]["AutoConfig"] == "configuration_mm.MMConfig"
-    assert saved["auto_map"]["AutoModelForPreTraining"] == "modeling_mm_heads.MMForPreTraining"
-    for name in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "losses.py"):
+    assert saved["auto_map"]["AutoModelForPreTraining"] == "modeling_mm_pretraining.MMForPreTraining"
+    for name in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "modeling_mm_pretraining.py",
+                 "losses.py"):
         assert (tmp_path / name).exists(), name
 
 
@@ -210,7 +211,8 @@ def test_copied_code_is_self_contained():
 
     folder = os.path.dirname(modeling_mm.__file__)
     allowed = {"torch", "transformers", "dataclasses", "collections", "copy", "inspect", "json", "os", "shutil", "typing"}
-    for name in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "losses.py"):
+    for name in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "modeling_mm_pretraining.py",
+                 "losses.py"):
         tree = ast.parse(open(os.path.join(folder, name)).read())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

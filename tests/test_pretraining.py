@@ -195,7 +195,7 @@ def test_flip_keeps_the_asked_fraction_in_training_only(ratio):
 
 
 def test_random_keep_indices_are_sorted_unique_subsets():
-    from modeling_mm.modeling_mm_heads import random_keep_indices as keep
+    from modeling_mm.modeling_mm_pretraining import random_keep_indices as keep
 
     indices = keep(16, 100, 0.75, torch.device("cpu"))
     assert indices.shape == (16, 25)

@@ -380,7 +380,8 @@ def test_published_folder_layout(published, name):
         "AutoModelForImageTextToText", "AutoModelForZeroShotImageClassification",
         "AutoModelForSequenceClassification", "AutoProcessor", "AutoImageProcessor",
     }
-    for code in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "losses.py", "processing_mm.py",
+    for code in ("configuration_mm.py", "modeling_mm.py", "modeling_mm_heads.py", "modeling_mm_pretraining.py",
+                 "losses.py", "processing_mm.py",
                  "image_processing_mm.py", "pipelines_mm.py"):
         assert code in files, code
     for other in ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from modeling_mm.losses import distributed_info, gather_features
-from modeling_mm.modeling_mm_heads import MMITCDistillation
+from modeling_mm.modeling_mm_pretraining import MMITCDistillation
 
 
 __all__ = ["MOMENTUM_STATE_NAME", "MomentumDistillation", "MomentumDistillationCallback"]
