@@ -24,9 +24,9 @@ demo: install
 demo-quick: install
 	mm demo --quick
 
-# The whole test suite (what CI runs).
+# The whole test suite (what CI runs), one pytest-xdist worker per core, each test file on one worker.
 test: install-test
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 benchmark: install
 	$(PYTHON) benchmarks/run_benchmarks.py

@@ -21,6 +21,7 @@ not get transformers' tests must not look like a passing one.
 from __future__ import annotations
 
 import collections
+import fcntl
 import functools
 import importlib
 import os
@@ -71,6 +72,13 @@ def _sdist(version: str, cache: Path) -> Path:
     if path.is_file():
         return path
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".download.lock", "w") as lock:
+        # Parallel test workers: one downloads, the others wait for it and then find the file.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return path if path.is_file() else _download(version, cache, path)
+
+
+def _download(version: str, cache: Path, path: Path) -> Path:
     command = [
         sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--disable-pip-version-check",
         f"transformers=={version}", "-d", str(cache),
