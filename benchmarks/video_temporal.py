@@ -1,0 +1,194 @@
+"""Does the video model use time? Per-question-type accuracy on the moving-shapes clips for (a) the model, (b) the same
+model with each test clip's frames shuffled, (c) a frame-average baseline (the same architecture trained and tested on
+the mean of the frames).
+
+    python benchmarks/video_temporal.py --data_dir /tmp/moving_shapes --out benchmarks/video_temporal.md
+
+Writes the data first when `--data_dir` has none (`mm make-moving-shapes`). Frames go through `MMVideoProcessor`
+(`--num_frames` sampled by count, resized to `--image_size`) once and are cached in memory; the model is
+`MMForVisualQuestionAnswering` with the built-in ViT (`vision_config.num_frames` set, so the zero-initialised temporal
+embeddings are used) and the built-in text tower, trained from scratch with AdamW on the CPU. Chance is
+`1 / len(ANSWERS[type])`; the time-blind ceiling is what a model that sees every frame but not their order can reach
+(it narrows each temporal answer to two: the axis of motion, the two shapes, the two colours).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from transformers import BertTokenizerFast  # noqa: E402
+
+from modeling_mm import MMConfig, MMForVisualQuestionAnswering  # noqa: E402
+from processing import MMVideoProcessor  # noqa: E402
+from processing.data import default_tokenizer_path  # noqa: E402
+from processing.moving_shapes import (  # noqa: E402
+    ANSWERS,
+    QUESTION_TYPES,
+    TEMPORAL_QUESTION_TYPES,
+    generate_moving_shapes,
+    load_moving_shapes,
+)
+
+
+def encode_split(rows, processor: MMVideoProcessor, tokenizer, label2id: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Decodes every clip once (rows share clips) and tokenises every question."""
+    clips, clip_index = [], {}
+    for path in rows["video"]:
+        if path not in clip_index:
+            clip_index[path] = len(clips)
+            clips.append(processor(path)["pixel_values_videos"][0])  # (T, 3, H, W)
+    text = tokenizer(list(rows["question"]), padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    return {
+        "clips": torch.stack(clips),  # (num_clips, T, 3, H, W)
+        "clip": torch.tensor([clip_index[p] for p in rows["video"]]),
+        "input_ids": text["input_ids"],
+        "attention_mask": text["attention_mask"],
+        "labels": torch.tensor([label2id[a] for a in rows["answer"]]),
+        "types": list(rows["question_type"]),
+    }
+
+
+def visual(data: dict, index: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    clips = data["clips"][data["clip"][index]]  # (B, T, 3, H, W)
+    if mode == "average":
+        return clips.mean(1)  # (B, 3, H, W): one image, the mean frame
+    if mode == "shuffled":
+        order = torch.stack([torch.randperm(clips.shape[1], generator=generator) for _ in range(len(clips))])
+        return clips[torch.arange(len(clips))[:, None], order]
+    return clips
+
+
+def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
+    torch.manual_seed(args.seed)
+    model = MMForVisualQuestionAnswering(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    num_rows = len(data["labels"])
+    steps = args.epochs * (num_rows // args.batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(args.seed)
+    step, started = 0, time.perf_counter()
+    for epoch in range(args.epochs):
+        order = torch.randperm(num_rows, generator=generator)
+        for start in range(0, num_rows - args.batch + 1, args.batch):
+            index = order[start : start + args.batch]
+            loss = model(
+                input_ids=data["input_ids"][index],
+                attention_mask=data["attention_mask"][index],
+                pixel_values=visual(data, index, mode),
+                labels=data["labels"][index],
+            ).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        print(f"[{mode}] epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)")
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: MMForVisualQuestionAnswering, data: dict, mode: str, seed: int) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(seed)
+    correct = []
+    for start in range(0, len(data["labels"]), 256):
+        index = torch.arange(start, min(start + 256, len(data["labels"])))
+        logits = model(
+            input_ids=data["input_ids"][index],
+            attention_mask=data["attention_mask"][index],
+            pixel_values=visual(data, index, mode, generator),
+        ).logits
+        correct += (logits.argmax(-1) == data["labels"][index]).tolist()
+    return {t: sum(c for c, k in zip(correct, data["types"]) if k == t) / data["types"].count(t) for t in QUESTION_TYPES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default="/tmp/moving_shapes")
+    parser.add_argument("--num_train", type=int, default=3000, help="Clips to generate when --data_dir has none.")
+    parser.add_argument("--num_test", type=int, default=600)
+    parser.add_argument("--num_frames", type=int, default=8, help="Frames sampled per clip by count.")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--patch_size", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    if not os.path.isfile(os.path.join(args.data_dir, "train.jsonl")):
+        print(json.dumps(generate_moving_shapes(args.data_dir, num_train=args.num_train, num_test=args.num_test)))
+    train_rows, test_rows = load_moving_shapes(args.data_dir)
+    answers = list(dict.fromkeys(a for t in QUESTION_TYPES for a in ANSWERS[t]))
+    label2id = {a: i for i, a in enumerate(answers)}
+    tokenizer = BertTokenizerFast.from_pretrained(default_tokenizer_path())
+    processor = MMVideoProcessor(size={"height": args.image_size, "width": args.image_size}, num_frames=args.num_frames)
+    train_data = encode_split(train_rows, processor, tokenizer, label2id)
+    test_data = encode_split(test_rows, processor, tokenizer, label2id)
+    decode_s = time.perf_counter() - started
+    print(f"decoded {len(train_data['clips'])} + {len(test_data['clips'])} clips in {decode_s:.0f} s")
+
+    tower = dict(
+        hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4, intermediate_size=4 * args.hidden
+    )
+    config = MMConfig(
+        fusion=args.fusion,
+        vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames, **tower),
+        text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=32, **tower),
+        num_fusion_layers=2,
+        id2label=dict(enumerate(answers)),
+        label2id=label2id,
+    )
+    video_model = train(config, train_data, "video", args)
+    average_model = train(config, train_data, "average", args)
+    results = {
+        "(a) model": accuracy(video_model, test_data, "video", args.seed),
+        "(b) model, frames shuffled": accuracy(video_model, test_data, "shuffled", args.seed),
+        "(c) frame average": accuracy(average_model, test_data, "average", args.seed),
+    }
+    total_s = time.perf_counter() - started
+
+    command = " ".join(["python benchmarks/video_temporal.py", *sys.argv[1:]])
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Data: {len(train_data['clips'])} train / {len(test_data['clips'])} test clips ({len(train_data['labels'])} / "
+        f"{len(test_data['labels'])} questions) from `{args.data_dir}`; {args.num_frames} frames sampled by count, "
+        f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, built-in ViT "
+        f"(patch {args.patch_size}, `num_frames={args.num_frames}`) and text tower, hidden {args.hidden}, {args.layers} "
+        f"layers, {sum(p.numel() for p in video_model.parameters()) / 1e6:.2f} M parameters; AdamW lr {args.lr} "
+        f"(one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. {platform.processor() or platform.machine()}, "
+        f"{args.threads} thread(s), torch {torch.__version__}; {total_s / 60:.1f} min in all (decoding {decode_s:.0f} s).",
+        "",
+        "| test accuracy | " + " | ".join(QUESTION_TYPES) + " |",
+        "|---|" + "---:|" * len(QUESTION_TYPES),
+    ]
+    for name, row in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[t]:.1f}%" for t in QUESTION_TYPES) + " |")
+    lines.append("| chance (1 / answers of the type) | " + " | ".join(f"{100 / len(ANSWERS[t]):.1f}%" for t in QUESTION_TYPES) + " |")
+    lines.append(
+        "| time-blind ceiling | "
+        + " | ".join("50.0%" if t in TEMPORAL_QUESTION_TYPES else "100.0%" for t in QUESTION_TYPES)
+        + " |"
+    )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("# Video questions that need time\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
