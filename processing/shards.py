@@ -373,7 +373,11 @@ class _StreamDecoder:
             value = batch["video"][i] if is_video else batch["image"][i]
             where = f"shard {batch['__url__'][i]}, sample '{batch['__key__'][i]}'"
             try:
-                loaded = image_processor.load_video(value) if is_video else image_processor.load_image(value)
+                loaded = (
+                    self.transform.processor.video_processor.load_video(value)
+                    if is_video
+                    else image_processor.load_image(value)
+                )
             except MMImageError as err:
                 if not self.skip_bad:
                     raise MMImageError(
@@ -393,7 +397,8 @@ class _StreamDecoder:
             if videos and images:
                 raise ValueError("A shard mixes image and video samples; write them to separate shards.")
             if videos:
-                values = image_processor(videos=videos, input_data_format="channels_first")["pixel_values"]
+                video_processor = self.transform.processor.video_processor
+                values = video_processor(videos=videos, input_data_format="channels_first")["pixel_values_videos"]
             else:
                 values = image_processor(images=images, input_data_format="channels_first")["pixel_values"]
             out["pixel_values"] = list(values.unbind(0))

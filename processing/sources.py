@@ -32,7 +32,7 @@ counting every bad sample in a `BadSampleCounter`.
 """
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,8 +391,10 @@ class RowTransform:
         image_processor = self.processor.image_processor
         try:
             if is_video:
-                loaded = [image_processor.load_video(v, first_index + i) for i, v in enumerate(values)]
-                pixels = image_processor(videos=loaded, input_data_format="channels_first")["pixel_values"]
+                # The processor's own video processor: its frame count, size and sampling, as the collator uses.
+                video_processor = self.processor.video_processor
+                loaded = [video_processor.load_video(v, first_index + i) for i, v in enumerate(values)]
+                pixels = video_processor(videos=loaded, input_data_format="channels_first")["pixel_values_videos"]
             else:
                 loaded = [image_processor.load_image(v, first_index + i) for i, v in enumerate(values)]
                 pixels = image_processor(images=loaded, input_data_format="channels_first")["pixel_values"]
@@ -442,14 +444,13 @@ def tokenize_dataset(
 
 
 def _screen_batch(values: list[Any], indices: list[int], column: str, processor: MMProcessor) -> dict[str, list]:
-    image_processor = processor.image_processor
     reasons = []
     for value, index in zip(values, indices):
         try:
             if column == "video":
-                image_processor.load_video(value, index)
+                processor.video_processor.load_video(value, index)
             else:
-                image_processor.load_image(value, index)
+                processor.image_processor.load_image(value, index)
             reasons.append(None)
         except MMImageError as err:
             reasons.append(f"{_image_where(value, index)}: {err}")
