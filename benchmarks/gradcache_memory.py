@@ -16,12 +16,8 @@ the first step's `ru_maxrss` rise is used. Time: the median wall and process-CPU
 """
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -31,25 +27,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# The same resident-set measurement as the main benchmarks (see the comment above these helpers there).
+from run_benchmarks import _proc_status_kib, _reset_hwm, _trim_host_memory  # noqa: E402
+
 
 def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
-
-
-def _trim() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return _proc_status_kib(key) * 1024
 
 
 def measure(batch: int, splits: int, repeats: int) -> dict:
@@ -83,17 +66,17 @@ def measure(batch: int, splits: int, repeats: int) -> dict:
             gradcache_backward(model, inputs, splits)
         model.zero_grad(set_to_none=True)
 
-    resettable = _reset_high_water_mark()
+    resettable = _reset_hwm()
     if resettable:
         step()  # warm-up: allocator pools, kernels
-        _trim()
+        _trim_host_memory()
         base = _status_bytes("VmRSS")
-        _reset_high_water_mark()
+        _reset_hwm()
         step()
         peak = _status_bytes("VmHWM") - base
         method = "VmHWM after clear_refs"
     else:
-        _trim()
+        _trim_host_memory()
         base = _status_bytes("VmRSS")
         step()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
