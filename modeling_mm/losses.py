@@ -24,6 +24,7 @@ __all__ = [
     "token_cross_entropy",
     "gather_features",
     "gather_padded",
+    "pad_length",
     "distributed_info",
     "itm_loss",
     "causal_lm_loss",
@@ -49,6 +50,13 @@ def gather_features(features: torch.Tensor, rank: int, world_size: int) -> torch
     return torch.cat(gathered, dim=0)
 
 
+def pad_length(states: torch.Tensor, length: int, value: float = 0) -> torch.Tensor:
+    """`(N, L, ...)` -> `(N, length, ...)`, padding dim 1 with `value` (sequences of different ranks or batches made
+    one length before they are concatenated)."""
+    pad = length - states.shape[1]
+    return nn.functional.pad(states, (0, 0) * (states.ndim - 2) + (0, pad), value=value) if pad else states
+
+
 def gather_padded(features: torch.Tensor, rank: int, world_size: int, pad_value: float = 0) -> torch.Tensor:
     """`gather_features` for `(B, L, ...)` sequences whose length differs between ranks (each rank's collator pads to
     its own longest text): every rank's rows are padded with `pad_value` to the longest `L` first."""
@@ -56,9 +64,7 @@ def gather_padded(features: torch.Tensor, rank: int, world_size: int, pad_value:
         return features
     length = torch.tensor([features.shape[1]], device=features.device)
     dist.all_reduce(length, op=dist.ReduceOp.MAX)
-    pad = int(length) - features.shape[1]
-    if pad:
-        features = nn.functional.pad(features, (0, 0) * (features.ndim - 2) + (0, pad), value=pad_value)
+    features = pad_length(features, int(length), pad_value)
     if not features.requires_grad:
         return _all_gather(features)
     return gather_features(features, rank, world_size)

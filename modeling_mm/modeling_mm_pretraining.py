@@ -22,6 +22,7 @@ from .losses import (
     gather_features,
     gather_padded,
     itm_loss,
+    pad_length,
     sample_hard_negatives,
     token_cross_entropy,
 )
@@ -465,8 +466,8 @@ class MMForPreTraining(MMPreTrainedModel):
                 partner_mask = torch.ones_like(negatives.input_ids)
             partners = self.mm.encode_text(negatives.input_ids, partner_mask).last_hidden_state  # (N_t, L', D)
             length = max(text_hidden.shape[1], partners.shape[1])
-            text_bank = torch.cat([_pad_length(text_hidden, length), _pad_length(partners, length)])
-            mask_bank = torch.cat([_pad_length(attention_mask, length), _pad_length(partner_mask, length)])
+            text_bank = torch.cat([pad_length(text_hidden, length), pad_length(partners, length)])
+            mask_bank = torch.cat([pad_length(attention_mask, length), pad_length(partner_mask, length)])
         if negatives.pixel_values is not None and negatives.pixel_values.shape[0] > 0:
             keep = negatives.image_keep_indices
             if keep is None:
@@ -591,8 +592,8 @@ class MMForPreTraining(MMPreTrainedModel):
             # Rows gathered from other ranks are padded to the longest text of any rank: pad the local ones alike.
             length = max(t.shape[1] for t in fuse_text)
             fused = mm.fuse(
-                torch.cat([_pad_length(t, length) for t in fuse_text]),
-                torch.cat([_pad_length(m, length) for m in fuse_mask]),
+                torch.cat([pad_length(t, length) for t in fuse_text]),
+                torch.cat([pad_length(m, length) for m in fuse_mask]),
                 image_bank,
                 image_index=torch.cat(fuse_image),
                 output_positions=torch.cat(fuse_positions),
@@ -644,12 +645,6 @@ def _hard_negative_pairs(
     text_idx = torch.cat([own, neg_text[has_t], own[has_i]])
     labels = torch.cat([torch.ones_like(own), torch.zeros_like(text_idx[own.shape[0]:])])
     return text_idx, image_idx, labels
-
-
-def _pad_length(states: torch.Tensor, length: int, value: float = 0) -> torch.Tensor:
-    """`(N, L, ...)` -> `(N, length, ...)`, padding dim 1 with `value`."""
-    pad = length - states.shape[1]
-    return nn.functional.pad(states, (0, 0) * (states.ndim - 2) + (0, pad), value=value) if pad else states
 
 
 def _first_rows(states: tuple[torch.Tensor, ...] | None, batch: int) -> tuple[torch.Tensor, ...] | None:

@@ -27,10 +27,21 @@ __all__ = [
     "replicate_scalar_parameters",
     "resolve_deepspeed_config",
     "shard_tied_modules_together",
+    "unwrap_pretraining_model",
     "wrap_only_present_classes",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def unwrap_pretraining_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The MM head (the module holding `mm`) under any DDP / FSDP / accelerate / peft wrappers, or None."""
+    while not hasattr(model, "mm"):
+        inner = getattr(model, "module", None) or getattr(model, "base_model", None) or getattr(model, "model", None)
+        if inner is None or inner is model:
+            return None
+        model = inner
+    return model
 
 # The DeepSpeed, FSDP and accelerate configuration files shipped with the project (README "Distributed training").
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

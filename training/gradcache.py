@@ -45,6 +45,8 @@ from transformers.utils import ModelOutput
 from modeling_mm import MMITMNegatives
 from modeling_mm.losses import sample_hard_negatives
 
+from .distributed import unwrap_pretraining_model
+
 
 __all__ = ["GradCacheOutput", "RNGState", "check_itc_accumulation", "gradcache_backward", "split_micro_batches"]
 
@@ -130,12 +132,10 @@ def split_micro_batches(inputs: dict, steps: int) -> list[dict]:
 
 def _pretraining_model(model: torch.nn.Module) -> torch.nn.Module:
     """The `MMForPreTraining` under DDP / FSDP / peft wrappers."""
-    while not hasattr(model, "mm"):
-        inner = getattr(model, "module", None) or getattr(model, "base_model", None) or getattr(model, "model", None)
-        if inner is None or inner is model:
-            raise ValueError(f"itc_accumulation_steps > 1 needs an MMForPreTraining model, got {type(model).__name__}.")
-        model = inner
-    return model
+    inner = unwrap_pretraining_model(model)
+    if inner is None:
+        raise ValueError(f"itc_accumulation_steps > 1 needs an MMForPreTraining model, got {type(model).__name__}.")
+    return inner
 
 
 def gradcache_backward(

@@ -18,6 +18,8 @@ from transformers import TrainerCallback
 from modeling_mm.losses import distributed_info, gather_features
 from modeling_mm.modeling_mm_pretraining import MMITCDistillation
 
+from .distributed import unwrap_pretraining_model
+
 
 __all__ = ["MOMENTUM_STATE_NAME", "MomentumDistillation", "MomentumDistillationCallback"]
 
@@ -28,13 +30,6 @@ MOMENTUM_STATE_NAME = "momentum_distillation.safetensors"
 
 # The parts of MMModel the teacher never runs: it only embeds (towers + projections), it never fuses.
 _FUSION_PARTS = ("fusion_layers", "fusion_layer_norm", "fusion_image_projection")
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    """The pretraining head under any wrapper (DDP / accelerate, then peft)."""
-    model = getattr(model, "module", model)
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -83,10 +78,10 @@ class MomentumDistillation:
             raise ValueError(f"--distillation_alpha must be in [0, 1], got {alpha}.")
         if warmup_steps < 0:
             raise ValueError(f"--distillation_warmup_steps must be >= 0, got {warmup_steps}.")
-        head = _base_model(model)
-        config = getattr(head, "config", None)
-        if "itc_distillation" not in inspect.signature(head.forward).parameters or not hasattr(head, "mm"):
-            raise ValueError(f"--momentum_distillation needs MMForPreTraining, got {type(head).__name__}.")
+        head = unwrap_pretraining_model(model)
+        if head is None or "itc_distillation" not in inspect.signature(head.forward).parameters:
+            raise ValueError(f"--momentum_distillation needs MMForPreTraining, got {type(head or model).__name__}.")
+        config = head.config
         if "itc" not in config.objectives or config.fusion == "early":
             raise ValueError(
                 "--momentum_distillation distils ITC: it needs the 'itc' objective and a fusion with towers, got "

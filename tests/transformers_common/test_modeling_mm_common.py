@@ -231,24 +231,18 @@ class MMModelTester:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class MMVisionModelTest(ModelTesterMixin, unittest.TestCase):
-    all_model_classes = (MMVisionModel,)
-    test_resize_embeddings = False  # no token embeddings
-
-    def setUp(self):
-        self.model_tester = MMVisionModelTester(self)
-        self.config_tester = ConfigTester(
-            self, config_class=MMVisionConfig, has_text_modality=False, hidden_size=32, num_attention_heads=4
-        )
+class _PixelTowerTests:
+    """What the two vision towers (ViT, CNN) share: they take pixel_values only, and their input "embeddings" are the
+    patch / stem convolution."""
 
     def test_config(self):
         self.config_tester.run_common_tests()
 
-    @unittest.skip(reason="The vision tower takes pixel_values: it has no input_ids, so no inputs_embeds either.")
+    @unittest.skip(reason="A tower on pixel_values has no input_ids, so no inputs_embeds either.")
     def test_inputs_embeds(self):
         pass
 
-    @unittest.skip(reason="The vision tower takes pixel_values: it has no input_ids, so no inputs_embeds either.")
+    @unittest.skip(reason="A tower on pixel_values has no input_ids, so no inputs_embeds either.")
     def test_inputs_embeds_matches_input_ids(self):
         pass
 
@@ -260,6 +254,17 @@ class MMVisionModelTest(ModelTesterMixin, unittest.TestCase):
             model = model_class(config)
             self.assertIsInstance(model.get_input_embeddings(), torch.nn.Conv2d)
             self.assertIsNone(model.get_output_embeddings())
+
+
+class MMVisionModelTest(_PixelTowerTests, ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (MMVisionModel,)
+    test_resize_embeddings = False  # no token embeddings
+
+    def setUp(self):
+        self.model_tester = MMVisionModelTester(self)
+        self.config_tester = ConfigTester(
+            self, config_class=MMVisionConfig, has_text_modality=False, hidden_size=32, num_attention_heads=4
+        )
 
 
 class MMTextModelTest(ModelTesterMixin, unittest.TestCase):
@@ -281,7 +286,7 @@ class MMTextModelTest(ModelTesterMixin, unittest.TestCase):
         pass
 
 
-class MMEfficientNetLiteModelTest(ModelTesterMixin, unittest.TestCase):
+class MMEfficientNetLiteModelTest(_PixelTowerTests, ModelTesterMixin, unittest.TestCase):
     all_model_classes = (MMEfficientNetLiteModel,)
     test_resize_embeddings = False  # no token embeddings
     has_attentions = False  # a CNN
@@ -292,25 +297,6 @@ class MMEfficientNetLiteModelTest(ModelTesterMixin, unittest.TestCase):
             self, config_class=MMEfficientNetLiteConfig, has_text_modality=False, common_properties=["hidden_size"]
         )
 
-    def test_config(self):
-        self.config_tester.run_common_tests()
-
-    @unittest.skip(reason="A CNN on pixel_values: no input_ids, so no inputs_embeds either.")
-    def test_inputs_embeds(self):
-        pass
-
-    @unittest.skip(reason="A CNN on pixel_values: no input_ids, so no inputs_embeds either.")
-    def test_inputs_embeds_matches_input_ids(self):
-        pass
-
-    def test_model_get_set_embeddings(self):
-        # Overridden as transformers does for its vision towers: the input "embeddings" are the patch convolution,
-        # not an nn.Embedding, and there is no output embedding.
-        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
-        for model_class in self.all_model_classes:
-            model = model_class(config)
-            self.assertIsInstance(model.get_input_embeddings(), torch.nn.Conv2d)
-            self.assertIsNone(model.get_output_embeddings())
 
     def test_hidden_states_output(self):
         # Overridden as transformers does for its CNNs (ResNet, EfficientNet): the hidden states are feature maps
