@@ -95,6 +95,11 @@ class MMITCDistillation:
         alpha (`float`): Weight of the teacher's soft targets, in [0, 1].
         queue_ids (`torch.LongTensor` of shape `(Q,)`, *optional*): `image_ids` of the queue entries: an entry sharing
             an id with a batch item is that item's positive, never its negative.
+        queue_input_ids, queue_attention_mask (`torch.LongTensor` of shape `(Q, L_q)`, *optional*): The texts of the
+            queue entries (right-padded). Given together with `queue_pixel_values`, ITM hard negatives are mined over
+            `[global batch ; queue]`, not the batch alone: the queue entries picked are encoded by the towers.
+        queue_pixel_values (`torch.FloatTensor` of shape `(Q, C, H, W)` or `(Q, T, C, H, W)`, *optional*): The images
+            (clips) of the queue entries.
     """
 
     momentum_image_embeds: torch.FloatTensor
@@ -103,6 +108,9 @@ class MMITCDistillation:
     queue_text_embeds: torch.FloatTensor
     alpha: float
     queue_ids: torch.LongTensor | None = None
+    queue_input_ids: torch.LongTensor | None = None
+    queue_attention_mask: torch.LongTensor | None = None
+    queue_pixel_values: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -297,6 +305,21 @@ class MMForPreTraining(MMPreTrainedModel):
                 f"itc_distillation momentum embeddings must have the batch's {batch} rows, got "
                 f"{distillation.momentum_image_embeds.shape[0]} and {distillation.momentum_text_embeds.shape[0]}."
             )
+        inputs = {"queue_input_ids": distillation.queue_input_ids, "queue_attention_mask": distillation.queue_attention_mask,
+                  "queue_pixel_values": distillation.queue_pixel_values}
+        given = [name for name, value in inputs.items() if value is not None]
+        if not given:
+            return
+        if len(given) < len(inputs):
+            missing = sorted(set(inputs) - set(given))
+            raise ValueError(f"itc_distillation: queue inputs for ITM mining come together; {missing} missing.")
+        queue = distillation.queue_text_embeds.shape[0]
+        rows = {name: inputs[name].shape[0] for name in given}
+        if any(n != queue for n in rows.values()) or inputs["queue_input_ids"].shape != inputs["queue_attention_mask"].shape:
+            raise ValueError(
+                f"itc_distillation: the queue holds {queue} features, but its inputs have rows {rows} (ids "
+                f"{tuple(inputs['queue_input_ids'].shape)}, mask {tuple(inputs['queue_attention_mask'].shape)})."
+            )
 
     @can_return_tuple
     def forward(
@@ -420,6 +443,7 @@ class MMForPreTraining(MMPreTrainedModel):
         text_embeds: torch.Tensor,
         similarity: torch.Tensor,
         image_ids: torch.LongTensor | None,
+        queue: "MMITCDistillation | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.LongTensor, torch.LongTensor, int]:
         """What the fusion layers need for ITM: `(text_rows, mask_rows, image_bank, image_idx, labels, offset)`.
 
@@ -427,10 +451,17 @@ class MMForPreTraining(MMPreTrainedModel):
         every rank's texts and the local texts against every rank's images (the ITC embeddings, gathered without
         gradient), and the chosen negatives' token states come from the gathered banks (with gradient, back to the
         rank that owns them: BLIP's cross-rank ITM). In one process the banks are the local batch. `image_idx` indexes
-        `image_bank`; this rank's own rows start at `offset`."""
+        `image_bank`; this rank's own rows start at `offset`.
+
+        With a `queue` that carries its entries' inputs (momentum distillation's queue, `queue_input_ids` and
+        `queue_pixel_values`), the candidates are `[global batch ; queue]`: queue entries are scored by their teacher
+        features, and those picked as negatives are encoded here by the towers (with gradient) and fused like batch
+        rows. Entries sharing an `image_id` with a row are never its negatives."""
         rank, world_size = distributed_info()
         batch = text_hidden.shape[0]
-        if world_size == 1:
+        if queue is not None and (queue.queue_input_ids is None or queue.queue_input_ids.shape[0] == 0):
+            queue = None  # a queue without inputs (or still empty) only serves ITC
+        if world_size == 1 and queue is None:
             text_idx, image_idx, labels = self._itm_pairs(similarity, image_ids, batch, text_hidden.device)
             return text_hidden[text_idx], attention_mask[text_idx], image_hidden, image_idx, labels, 0
         offset = rank * batch
@@ -440,15 +471,56 @@ class MMForPreTraining(MMPreTrainedModel):
             all_ids = gather_features(ids, rank, world_size)  # (W*B,)
             all_image = gather_features(image_embeds.detach(), rank, world_size)  # (W*B, D)
             all_text = gather_features(text_embeds.detach(), rank, world_size)
-            sim_i2t = self.mm.similarity(image_embeds.detach(), all_text)  # (B, W*B)
-            sim_t2i = self.mm.similarity(all_image, text_embeds.detach()).t()  # (B, W*B)
+            if queue is not None:
+                # Columns W*B.. are the queue; entries without an id (-1) never equal a row's id.
+                queue_ids = queue.queue_ids
+                if queue_ids is None:
+                    queue_ids = torch.full((queue.queue_text_embeds.shape[0],), -1, device=ids.device)
+                all_ids = torch.cat([all_ids, queue_ids.to(all_ids)])  # (W*B + Q,)
+                all_image = torch.cat([all_image, queue.queue_image_embeds.to(all_image)])
+                all_text = torch.cat([all_text, queue.queue_text_embeds.to(all_text)])
+            sim_i2t = self.mm.similarity(image_embeds.detach(), all_text)  # (B, C)
+            sim_t2i = self.mm.similarity(all_image, text_embeds.detach()).t()  # (B, C)
         negatives = sample_hard_negatives(sim_i2t, ids, sample=self.training, similarity_t2i=sim_t2i,
                                           column_ids=all_ids)
         text_idx, image_idx, labels = _hard_negative_pairs(*negatives, own)
         text_bank = gather_padded(text_hidden, rank, world_size)  # (W*B, L_max, D)
         mask_bank = gather_padded(attention_mask, rank, world_size)
         image_bank = gather_padded(image_hidden, rank, world_size)  # (W*B, N, Dv)
+        if queue is not None:
+            text_bank, mask_bank, text_idx = self._queue_texts(queue, text_bank, mask_bank, text_idx)
+            image_bank, image_idx = self._queue_images(queue, image_bank, image_idx)
         return text_bank[text_idx], mask_bank[text_idx], image_bank, image_idx, labels, offset
+
+    def _queue_texts(
+        self, queue: "MMITCDistillation", text_bank: torch.Tensor, mask_bank: torch.Tensor, text_idx: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
+        """Encodes the queue texts that `text_idx` picked (indices >= len(text_bank)) once each and appends them to
+        the bank; returns the bank and the indices into it."""
+        rows = text_bank.shape[0]
+        picked, text_idx = _remap_picks(text_idx, rows)
+        if picked.numel() == 0:
+            return text_bank, mask_bank, text_idx
+        ids, mask = queue.queue_input_ids[picked], queue.queue_attention_mask[picked]  # (N_q, L_q)
+        length = int(mask.any(0).nonzero().max()) + 1  # the queue is padded to the longest text it ever held
+        ids, mask = ids[:, :length], mask[:, :length]
+        partners = self.mm.encode_text(ids, mask).last_hidden_state  # (N_q, L', D)
+        length = max(text_bank.shape[1], length)
+        text_bank = torch.cat([pad_length(text_bank, length), pad_length(partners, length)])
+        mask_bank = torch.cat([pad_length(mask_bank, length), pad_length(mask.to(mask_bank), length)])
+        return text_bank, mask_bank, text_idx
+
+    def _queue_images(
+        self, queue: "MMITCDistillation", image_bank: torch.Tensor, image_idx: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """`_queue_texts` for the images: the picked queue images go through the vision tower (fresh FLIP masks in
+        training) and are appended to `image_bank`."""
+        picked, image_idx = _remap_picks(image_idx, image_bank.shape[0])
+        if picked.numel() == 0:
+            return image_bank, image_idx
+        pixels = queue.queue_pixel_values[picked].to(image_bank.dtype)
+        partners = self.mm.encode_image(pixels, self._vision_keep_indices(pixels, None)).last_hidden_state
+        return torch.cat([image_bank, partners]), image_idx  # partners: (N_q, 1+K, Dv)
 
     def _given_itm_inputs(
         self,
@@ -575,7 +647,8 @@ class MMForPreTraining(MMPreTrainedModel):
                 )
             elif "itm" in objectives:
                 itm_text, itm_mask, image_bank, image_idx, itm_labels, offset = self._itm_inputs(
-                    text_hidden, attention_mask, image_hidden, image_embeds, text_embeds, similarity, image_ids
+                    text_hidden, attention_mask, image_hidden, image_embeds, text_embeds, similarity, image_ids,
+                    itc_distillation,
                 )
             if "itm" in objectives:
                 fuse_text.append(itm_text)
@@ -645,6 +718,16 @@ def _hard_negative_pairs(
     text_idx = torch.cat([own, neg_text[has_t], own[has_i]])
     labels = torch.cat([torch.ones_like(own), torch.zeros_like(text_idx[own.shape[0]:])])
     return text_idx, image_idx, labels
+
+
+def _remap_picks(index: torch.LongTensor, rows: int) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Indices into `[bank (rows) ; queue]` -> (the distinct queue entries picked, in order; indices into
+    `[bank ; those entries]`)."""
+    from_queue = index >= rows
+    picked, position = torch.unique(index[from_queue] - rows, return_inverse=True)  # sorted, distinct
+    index = index.clone()
+    index[from_queue] = rows + position
+    return picked, index
 
 
 def _first_rows(states: tuple[torch.Tensor, ...] | None, batch: int) -> tuple[torch.Tensor, ...] | None:

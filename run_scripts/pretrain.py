@@ -202,6 +202,14 @@ class PretrainingArguments(TrainingArguments):
             "--distillation_alpha (ALBEF: one epoch); 0 starts at --distillation_alpha."
         },
     )
+    queue_itm_negatives: bool = field(
+        default=False,
+        metadata={
+            "help": "With --momentum_distillation and ITM (hybrid, coattention): the queue also keeps its entries' "
+            "inputs, and ITM hard negatives are mined over [global batch ; queue]; the picked entries are re-encoded "
+            "by the towers. Memory: --queue_size images."
+        },
+    )
     hub_strategy: str = field(
         default="end",
         metadata={"help": "With --push_to_hub: the final model is pushed once, as `mm publish` lays a repo out."},
@@ -344,6 +352,8 @@ def main(args: list[str] | None = None) -> dict:
 
     # 3. Train
     distillation = None
+    if training_args.queue_itm_negatives and not training_args.momentum_distillation:
+        raise ValueError("--queue_itm_negatives mines from the momentum queue: it needs --momentum_distillation.")
     if training_args.momentum_distillation:
         from training.momentum import MomentumDistillation
 
@@ -353,6 +363,7 @@ def main(args: list[str] | None = None) -> dict:
             queue_size=training_args.queue_size,
             alpha=training_args.distillation_alpha,
             warmup_steps=training_args.distillation_warmup_steps,
+            queue_itm_negatives=training_args.queue_itm_negatives,
         )
     trainer = MMTrainer(
         model=model,

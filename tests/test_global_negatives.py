@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from modeling_mm import MMForImageTextRetrieval, MMForPreTraining
 from modeling_mm.losses import sample_hard_negatives
+from modeling_mm.modeling_mm_pretraining import MMITCDistillation
 from tests.mm_tester import MMModelTester
 
 BATCH, WORLD = 8, 2
@@ -42,6 +43,20 @@ def _inputs() -> dict[str, torch.Tensor]:
     return inputs
 
 
+def _distillation(model, inputs: dict, rows: slice) -> MMITCDistillation:
+    """A momentum queue of 4 other pairs with their inputs; entry j's text feature is the image embedding of batch
+    row 2j, so those images' hardest negatives are queue entries (which the model must encode and fuse)."""
+    queue = MMModelTester(batch_size=4).get_inputs(seed=4)
+    with torch.no_grad():
+        image = model.mm.embed_image(inputs["pixel_values"])
+        text = model.mm.embed_text(inputs["input_ids"], inputs["attention_mask"])
+    return MMITCDistillation(
+        momentum_image_embeds=image[rows], momentum_text_embeds=text[rows], queue_image_embeds=text[1::2],
+        queue_text_embeds=image[::2], alpha=0.4, queue_ids=torch.full((4,), -1), queue_input_ids=queue["input_ids"],
+        queue_attention_mask=queue["attention_mask"], queue_pixel_values=queue["pixel_values"],
+    )
+
+
 def _step(model, inputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
     out = model(**inputs, return_loss=True)
     loss = out.itm_loss if hasattr(out, "itm_loss") else out.loss
@@ -49,7 +64,7 @@ def _step(model, inputs) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-def _worker(rank: int, port: int, head: str, fusion: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, head: str, fusion: str, out_dir: str, queue: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     inputs = _inputs()
@@ -58,7 +73,10 @@ def _worker(rank: int, port: int, head: str, fusion: str, out_dir: str) -> None:
     if rank == 1:  # this rank's collator padded to its own longest text
         local["input_ids"] = local["input_ids"][:, :-SHORT]
         local["attention_mask"] = local["attention_mask"][:, :-SHORT]
-    loss, grads = _step(_model(head, fusion), local)
+    model = _model(head, fusion)
+    if queue:
+        local["itc_distillation"] = _distillation(model, inputs, slice(rank * per, (rank + 1) * per))
+    loss, grads = _step(model, local)
     for tensor in (loss, *grads):  # what DDP does: average over ranks
         dist.all_reduce(tensor)
         tensor /= WORLD
@@ -67,9 +85,12 @@ def _worker(rank: int, port: int, head: str, fusion: str, out_dir: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "head,fusion", [("pretraining", "hybrid"), ("retrieval", "coattention")]
+    "head,fusion,queue", [("pretraining", "hybrid", False), ("retrieval", "coattention", False),
+                          ("pretraining", "hybrid", True)], ids=["pretraining", "retrieval", "pretraining-queue"],
 )
-def test_two_processes_mine_itm_negatives_over_the_global_batch(tmp_path, head, fusion):
+def test_two_processes_mine_itm_negatives_over_the_global_batch(tmp_path, monkeypatch, head, fusion, queue):
+    """With `queue`, the candidates are [global batch ; momentum queue]: each rank encodes the queue entries it
+    picked, and 2 x 4 still equal 1 x 8."""
     model = _model(head, fusion)
     inputs = _inputs()
     with torch.no_grad():
@@ -78,8 +99,17 @@ def test_two_processes_mine_itm_negatives_over_the_global_batch(tmp_path, head, 
     rank0 = torch.arange(BATCH) < BATCH // 2
     # The check is only meaningful if some hardest negative lives on the other rank.
     assert ((neg_text >= BATCH // 2) == rank0).any() or ((neg_image >= BATCH // 2) == rank0).any()
+    picked = []
+    if queue:
+        import modeling_mm.modeling_mm_pretraining as pretraining
+
+        remap = pretraining._remap_picks
+        monkeypatch.setattr(pretraining, "_remap_picks", lambda *a: picked.append(remap(*a)[0]) or remap(*a))
+        inputs["itc_distillation"] = _distillation(model, inputs, slice(None))
     loss, reference = _step(model, inputs)
-    mp.spawn(_worker, args=(_free_port(), head, fusion, str(tmp_path)), nprocs=WORLD, join=True)
+    if queue:  # images 0, 2, 4, 6 took queue entries 0-3 as their negative texts
+        assert picked[0].tolist() == [0, 1, 2, 3]
+    mp.spawn(_worker, args=(_free_port(), head, fusion, str(tmp_path), queue), nprocs=WORLD, join=True)
     for rank in range(WORLD):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(result["loss"], loss, atol=1e-5, rtol=1e-5)

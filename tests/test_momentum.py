@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from modeling_mm import MMForPreTraining
+from modeling_mm.modeling_mm_pretraining import MMITCDistillation, MMITMNegatives
 from modeling_mm.losses import contrastive_loss_and_logits, distilled_contrastive_loss
 from tests.mm_tester import MMModelTester
 from training.momentum import MOMENTUM_STATE_NAME, MomentumDistillation, MomentumDistillationCallback
@@ -188,6 +189,128 @@ def test_the_model_refuses_distillation_with_the_sigmoid_loss():
         sigmoid(**inputs, itc_distillation=distillation.itc_distillation(inputs))
 
 
+# -- ITM hard negatives from the queue ---------------------------------------------------------------------------------
+
+
+def _queue_case(batch: int = 4, ids: torch.Tensor | None = None):
+    """A hybrid ITC + ITM model in eval mode (the hardest negative is taken), a batch, and a queue of `batch` other
+    pairs whose text features are the batch's image embeddings (and image features its text embeddings): queue entry
+    i is the most similar candidate of image i and of text i."""
+    model = _model().eval()
+    tester = MMModelTester(batch_size=batch)
+    inputs, others = tester.get_inputs(seed=1), tester.get_inputs(seed=2)
+    with torch.no_grad():
+        image = model.mm.embed_image(inputs["pixel_values"])
+        text = model.mm.embed_text(inputs["input_ids"], inputs["attention_mask"])
+    distillation = MMITCDistillation(
+        momentum_image_embeds=image, momentum_text_embeds=text, queue_image_embeds=text, queue_text_embeds=image,
+        alpha=0.4, queue_ids=ids, queue_input_ids=others["input_ids"], queue_attention_mask=others["attention_mask"],
+        queue_pixel_values=others["pixel_values"],
+    )
+    return model, inputs, others, distillation
+
+
+def _spy_on_mining(monkeypatch) -> list:
+    import modeling_mm.modeling_mm_pretraining as pretraining
+
+    picks, original = [], pretraining.sample_hard_negatives
+
+    def spy(*args, **kwargs):
+        picks.append(original(*args, **kwargs))
+        return picks[-1]
+
+    monkeypatch.setattr(pretraining, "sample_hard_negatives", spy)
+    return picks
+
+
+def test_queue_negatives_are_fused_like_the_same_partners_given_from_outside(monkeypatch):
+    """Every image's hardest candidate is queue entry i (and every text's): the model picks them, encodes them with
+    its towers and fuses them; the loss, ITM logits and gradients equal those of the same partners handed in as
+    `MMITMNegatives`."""
+    model, inputs, others, distillation = _queue_case()
+    picks = _spy_on_mining(monkeypatch)
+    out = model(**inputs, itc_distillation=distillation)
+    batch = inputs["input_ids"].shape[0]
+    assert [p.tolist() for p in picks[0]] == [list(range(batch, 2 * batch))] * 2  # [batch ; queue]: entry i
+    grads = torch.autograd.grad(out.loss, list(model.parameters()), allow_unused=True)
+
+    plain = MMITCDistillation(**{**distillation.__dict__, "queue_input_ids": None, "queue_attention_mask": None,
+                                 "queue_pixel_values": None})
+    given = MMITMNegatives(
+        text_for_image=torch.arange(batch) + batch, image_for_text=torch.arange(batch) + batch,
+        input_ids=others["input_ids"], attention_mask=others["attention_mask"], pixel_values=others["pixel_values"],
+    )
+    expected = model(**inputs, itc_distillation=plain, itm_negatives=given)
+    torch.testing.assert_close(out.itm_logits, expected.itm_logits)
+    torch.testing.assert_close(out.loss, expected.loss)
+    expected_grads = torch.autograd.grad(expected.loss, list(model.parameters()), allow_unused=True)
+    for (name, _), got, want in zip(model.named_parameters(), grads, expected_grads):
+        assert (got is None) == (want is None), name
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+    # The text tower receives gradient through the queue partners' rows too (they were encoded with gradient).
+    assert grads[[n for n, _ in model.named_parameters()].index("mm.text_model.embeddings.word_embeddings.weight")] \
+        is not None
+
+
+def test_queue_entries_sharing_an_image_id_are_never_mined(monkeypatch):
+    batch = 4
+    ids = torch.arange(batch)
+    model, inputs, _, distillation = _queue_case(batch, ids=ids)  # queue entry i has row i's id
+    picks = _spy_on_mining(monkeypatch)
+    model(**inputs, image_ids=ids, itc_distillation=distillation)
+    for pick in picks[0]:
+        assert (pick != torch.arange(batch) + batch).all() and (pick != torch.arange(batch)).all()
+    # Without ids in the queue the same entries are the hardest negatives.
+    picks.clear()
+    distillation.queue_ids = torch.full((batch,), -1)
+    model(**inputs, image_ids=ids, itc_distillation=distillation)
+    assert picks[0][0].tolist() == list(range(batch, 2 * batch))
+
+
+def test_picked_queue_entries_are_encoded_once_each():
+    from modeling_mm.modeling_mm_pretraining import _remap_picks
+
+    picked, index = _remap_picks(torch.tensor([0, 7, 5, 7, 2]), rows=4)
+    assert picked.tolist() == [1, 3] and index.tolist() == [0, 5, 4, 5, 2]  # entries 1, 3 appended as rows 4, 5
+
+
+def test_queue_inputs_are_checked():
+    model, inputs, _, distillation = _queue_case()
+    distillation.queue_pixel_values = None
+    with pytest.raises(ValueError, match="queue_pixel_values"):
+        model(**inputs, itc_distillation=distillation)
+    model, inputs, _, distillation = _queue_case()
+    distillation.queue_input_ids = distillation.queue_input_ids[:2]
+    with pytest.raises(ValueError, match="queue holds 4 features"):
+        model(**inputs, itc_distillation=distillation)
+    with pytest.raises(ValueError, match="--queue_itm_negatives"):
+        MomentumDistillation(_model("late", ("itc",)), queue_itm_negatives=True)
+
+
+def test_the_queue_keeps_its_entries_inputs_padded_to_the_longest_text():
+    distillation = MomentumDistillation(_model(), queue_size=5, queue_itm_negatives=True)
+    tester = MMModelTester(batch_size=3)
+    first, second = tester.get_inputs(seed=1), tester.get_inputs(seed=2)
+    first = {**first, "input_ids": first["input_ids"][:, :4], "attention_mask": first["attention_mask"][:, :4]}
+    for batch in (first, second):
+        image, text = distillation.teacher_features(batch)
+        distillation.enqueue(image, text, None, batch)
+    handed = distillation.itc_distillation(first)
+    assert handed.queue_pixel_values.shape == (5, *first["pixel_values"].shape[1:])
+    assert handed.queue_input_ids.shape == (5, second["input_ids"].shape[1])
+    # Slots 0-2: the first batch (padded with 0s), 3-4 then 0: the second batch, wrapped.
+    assert torch.equal(handed.queue_input_ids[1, :4], first["input_ids"][1])
+    assert handed.queue_attention_mask[1, 4:].sum() == 0
+    assert torch.equal(handed.queue_input_ids[0], second["input_ids"][2])
+    assert torch.equal(handed.queue_pixel_values[3], second["pixel_values"][0])
+    with pytest.raises(ValueError, match="inputs"):
+        distillation.enqueue(image, text)
+    other_size = {**second, "pixel_values": torch.zeros(3, 3, 20, 20)}
+    with pytest.raises(ValueError, match="one buffer"):
+        distillation.enqueue(image, text, None, other_size)
+
+
 # -- across processes --------------------------------------------------------------------------------------------------
 
 
@@ -206,20 +329,25 @@ def _ddp_worker(rank: int, world: int, port: int, tensors: dict, out_dir: str) -
         local["images"], local["texts"], local["teacher_images"], local["teacher_texts"], tensors["queue_images"],
         tensors["queue_texts"], torch.tensor(4.0), 0.4, rank, world, ids=local["ids"], queue_ids=tensors["queue_ids"],
     )
-    distillation = MomentumDistillation(_model(), queue_size=6)
-    distillation.enqueue(local["teacher_images"], local["teacher_texts"], local["ids"])
-    torch.save({"loss": loss, "queue_image": distillation.queue_image, "queue_ids": distillation.queue_ids},
+    distillation = MomentumDistillation(_model(), queue_size=6, queue_itm_negatives=True)
+    length = 5 if rank == 0 else 7  # each rank's collator pads to its own longest text
+    batch = {"input_ids": local["input_ids"][:, :length], "attention_mask": local["attention_mask"][:, :length],
+             "pixel_values": local["pixel_values"]}
+    distillation.enqueue(local["teacher_images"], local["teacher_texts"], local["ids"], batch)
+    torch.save({"loss": loss, "queue_image": distillation.queue_image, "queue_ids": distillation.queue_ids,
+                "queue_input_ids": distillation.queue_input_ids, "queue_pixels": distillation.queue_pixel_values},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
 def test_two_processes_match_one_and_fill_the_queue_from_gathered_features(tmp_path):
     """2 gloo processes x batch 2: the mean of the ranks' losses is one process's loss over the batch of 4 (the bank
-    holds every rank's teacher features), and both ranks' queues hold all 4 rows in rank order."""
+    holds every rank's teacher features), and both ranks' queues hold all 4 rows in rank order, with their inputs."""
     tensors = {
         "images": _unit(4, 16, seed=0), "texts": _unit(4, 16, seed=1), "teacher_images": _unit(4, 16, seed=2),
         "teacher_texts": _unit(4, 16, seed=3), "ids": torch.tensor([0, 1, 1, 2]), "queue_images": _unit(2, 16, seed=4),
         "queue_texts": _unit(2, 16, seed=5), "queue_ids": torch.tensor([2, 7]),
+        **MMModelTester(batch_size=4).get_inputs(seed=6),
     }
     expected, _ = distilled_contrastive_loss(
         tensors["images"], tensors["texts"], tensors["teacher_images"], tensors["teacher_texts"],
@@ -229,9 +357,14 @@ def test_two_processes_match_one_and_fill_the_queue_from_gathered_features(tmp_p
     mp.spawn(_ddp_worker, args=(2, _free_port(), tensors, str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     torch.testing.assert_close((results[0]["loss"] + results[1]["loss"]) / 2, expected)
+    # The entries' inputs too: rank 0's texts padded from 5 to rank 1's 7 tokens.
+    texts = tensors["input_ids"].clone()
+    texts[:2, 5:] = 0
     for result in results:
         assert torch.equal(result["queue_image"][:4], tensors["teacher_images"])
         assert result["queue_ids"].tolist() == [0, 1, 1, 2, -1, -1]
+        assert torch.equal(result["queue_input_ids"][:4], texts)
+        assert torch.equal(result["queue_pixels"][:4], tensors["pixel_values"])
 
 
 # -- with MMTrainer ----------------------------------------------------------------------------------------------------
@@ -266,10 +399,12 @@ class _RecordingTrainer(MMTrainer):
         return loss
 
 
-def _train(output_dir, fusion: str = "hybrid", max_steps: int = 8, resume: str | None = None, **kwargs):
+def _train(output_dir, fusion: str = "hybrid", max_steps: int = 8, resume: str | None = None,
+           queue_itm_negatives: bool = False, **kwargs):
     objectives = ("itc", "itm") if fusion == "hybrid" else ("itc",)
     model = _model(fusion, objectives, image_mask_ratio=0.5)  # FLIP masks and ITM draws: randomness to restore
-    distillation = MomentumDistillation(model, momentum=0.9, queue_size=10, alpha=0.4, warmup_steps=4)
+    distillation = MomentumDistillation(model, momentum=0.9, queue_size=10, alpha=0.4, warmup_steps=4,
+                                        queue_itm_negatives=queue_itm_negatives)
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=max_steps, logging_steps=1,
         learning_rate=1e-2, lr_scheduler_type="constant", report_to=[], save_strategy="steps", save_steps=4,
@@ -315,11 +450,13 @@ def test_trainer_trains_with_distillation_and_publishes_a_clean_model(fusion, tm
         assert torch.equal(tensor, trainer.model.state_dict()[name])
 
 
-def test_resumed_run_is_bit_identical_to_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("queue_itm_negatives", [False, True], ids=["itc-queue", "itc-and-itm-queue"])
+def test_resumed_run_is_bit_identical_to_the_uninterrupted_run(queue_itm_negatives, tmp_path):
     """8 steps uninterrupted vs resumed from its checkpoint-4 (in the second epoch of 3 steps, the queue wrapped,
-    alpha still ramping): same losses, student, teacher and queue, to the bit."""
-    full = _train(tmp_path / "full")
-    resumed = _train(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"))
+    alpha still ramping): same losses, student, teacher and queue (with its entries' inputs), to the bit."""
+    full = _train(tmp_path / "full", queue_itm_negatives=queue_itm_negatives)
+    resumed = _train(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"),
+                     queue_itm_negatives=queue_itm_negatives)
     assert resumed.losses == full.losses[4:]
     assert resumed.alphas == full.alphas[4:]
     for name, tensor in full.model.state_dict().items():
@@ -328,6 +465,38 @@ def test_resumed_run_is_bit_identical_to_the_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"teacher / queue differ after resuming: {different[:5]}"
+
+
+def test_training_mines_itm_negatives_from_the_queue(monkeypatch, tmp_path):
+    import modeling_mm.modeling_mm_pretraining as pretraining
+
+    picked, original = [], pretraining._remap_picks
+
+    def spy(index, rows):
+        picked.append(original(index, rows)[0].numel())
+        return original(index, rows)
+
+    monkeypatch.setattr(pretraining, "_remap_picks", spy)
+    trainer = _train(tmp_path / "run", max_steps=4, queue_itm_negatives=True)
+    distillation = trainer.momentum_distillation
+    assert len(trainer.losses) == 4 and all(torch.isfinite(torch.tensor(trainer.losses)))
+    # Step 1 mines from the batch alone (the queue is still empty); later steps fused queue entries too.
+    assert len(picked) == 2 * 3 and sum(picked) > 0
+    # 4 shuffled batches of 4 through 10 slots: every slot holds one dataset pair, its pixels, text and id together.
+    rows = _Pairs().rows
+    assert distillation.filled == 10
+    for slot in range(10):
+        match = [r for r in range(12) if torch.equal(distillation.queue_pixel_values[slot], rows["pixel_values"][r])]
+        assert len(match) == 1, slot
+        assert torch.equal(distillation.queue_input_ids[slot], rows["input_ids"][match[0]])
+        assert distillation.queue_ids[slot] == rows["image_ids"][match[0]]
+    saved = load_file(tmp_path / "run" / "checkpoint-4" / MOMENTUM_STATE_NAME)
+    assert {"queue.input_ids", "queue.attention_mask", "queue.pixel_values"} <= set(saved)
+    # A run without the flag cannot resume into one that needs the entries' inputs.
+    _train(tmp_path / "plain", max_steps=4)
+    with pytest.raises(ValueError, match="--queue_itm_negatives"):
+        MomentumDistillation(_model(), queue_size=10, queue_itm_negatives=True).load(
+            str(tmp_path / "plain" / "checkpoint-4"))
 
 
 def test_resume_checks_the_queue_size(tmp_path):

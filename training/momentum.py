@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from modeling_mm.losses import distributed_info, gather_features
+from modeling_mm.losses import distributed_info, gather_features, gather_padded, pad_length
 from modeling_mm.modeling_mm_pretraining import MMITCDistillation
 
 from .distributed import unwrap_pretraining_model
@@ -30,6 +30,14 @@ MOMENTUM_STATE_NAME = "momentum_distillation.safetensors"
 
 # The parts of MMModel the teacher never runs: it only embeds (towers + projections), it never fuses.
 _FUSION_PARTS = ("fusion_layers", "fusion_layer_norm", "fusion_image_projection")
+
+
+_INPUT_BUFFERS = ("queue_input_ids", "queue_attention_mask", "queue_pixel_values")
+
+
+def _visual(inputs: dict) -> torch.Tensor:
+    pixel_values = inputs.get("pixel_values")
+    return inputs["pixel_values_videos"] if pixel_values is None else pixel_values
 
 
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -60,6 +68,10 @@ class MomentumDistillation:
         alpha (`float`): Weight of the teacher's soft targets once ramped up, in [0, 1] (ALBEF: 0.4).
         warmup_steps (`int`): Optimizer steps over which the weight ramps linearly from 0 to `alpha` (ALBEF: the
             first epoch); 0 uses `alpha` from the start. Counted in steps, so streamed data needs no epoch length.
+        queue_itm_negatives (`bool`): Also keep each queue entry's inputs (token ids, attention mask, pixels) so that
+            ITM hard negatives are mined over `[global batch ; queue]` (models with the `itm` objective and fusion
+            layers); the entries picked are re-encoded by the student's towers. Costs `queue_size` images of memory
+            (4,096 images of 3x64x64 in float32: 192 MiB) and up to 2B extra tower rows per step.
     """
 
     def __init__(
@@ -69,6 +81,7 @@ class MomentumDistillation:
         queue_size: int = 4096,
         alpha: float = 0.4,
         warmup_steps: int = 0,
+        queue_itm_negatives: bool = False,
     ):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"--momentum must be in [0, 1), got {momentum}.")
@@ -92,7 +105,14 @@ class MomentumDistillation:
                 "--momentum_distillation needs --contrastive_loss infonce: it distils a softmax over the batch and "
                 f"queue, which the sigmoid loss does not have (got {config.contrastive_loss!r})."
             )
+        if queue_itm_negatives and ("itm" not in config.objectives or config.fusion not in ("hybrid", "coattention")):
+            raise ValueError(
+                "--queue_itm_negatives mines ITM hard negatives from the queue: it needs the 'itm' objective and "
+                f"fusion layers (hybrid, coattention), got objectives {list(config.objectives)} and "
+                f"fusion={config.fusion!r}."
+            )
         self.momentum, self.queue_size, self.alpha, self.warmup_steps = momentum, queue_size, alpha, warmup_steps
+        self.queue_itm_negatives = queue_itm_negatives
         self.student = head.mm
         # deepcopy's memo maps the fusion modules to None: they are never copied (the teacher does not fuse).
         memo = {id(getattr(self.student, name)): None for name in _FUSION_PARTS if getattr(self.student, name, None)}
@@ -101,6 +121,11 @@ class MomentumDistillation:
         self.queue_image = torch.zeros(queue_size, dim, device=device)  # (Q, D), float32 whatever the model's dtype
         self.queue_text = torch.zeros(queue_size, dim, device=device)
         self.queue_ids = torch.full((queue_size,), -1, dtype=torch.long, device=device)
+        # The entries' inputs, with queue_itm_negatives: allocated at the first enqueue (the pixel shape is the
+        # data's); the texts are right-padded to the longest text the queue has held, and that length only grows.
+        self.queue_input_ids: torch.Tensor | None = None  # (Q, L_q)
+        self.queue_attention_mask: torch.Tensor | None = None  # (Q, L_q)
+        self.queue_pixel_values: torch.Tensor | None = None  # (Q, C, H, W) or (Q, T, C, H, W)
         self.pointer = 0  # next slot to write
         self.filled = 0  # slots written so far (at most queue_size); the empty ones are never read
         self.step = 0  # optimizer steps done, set by MomentumDistillationCallback from Trainer's state
@@ -119,15 +144,15 @@ class MomentumDistillation:
         self.teacher.to(device)
         self.queue_image, self.queue_text = self.queue_image.to(device), self.queue_text.to(device)
         self.queue_ids = self.queue_ids.to(device)
+        for name in _INPUT_BUFFERS:
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     @torch.no_grad()
     def teacher_features(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's L2-normalised `(B, D)` image and text embeddings of a batch (full images, eval mode)."""
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is None:
-            pixel_values = inputs["pixel_values_videos"]
-        image = self.teacher.embed_image(pixel_values)
+        image = self.teacher.embed_image(_visual(inputs))
         text = self.teacher.embed_text(inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids"))
         return image, text
 
@@ -141,13 +166,24 @@ class MomentumDistillation:
             queue_text_embeds=self.queue_text[: self.filled],
             queue_ids=self.queue_ids[: self.filled],
             alpha=self.alpha_at(self.step),
+            **{name: None if getattr(self, name) is None else getattr(self, name)[: self.filled]
+               for name in _INPUT_BUFFERS},
         )
 
     @torch.no_grad()
     def enqueue(
-        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_ids: torch.Tensor | None = None
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+        inputs: dict | None = None,
     ) -> None:
-        """Pushes a batch's teacher features `(B, D)`, gathered from every rank, into the ring buffer (oldest out)."""
+        """Pushes a batch's teacher features `(B, D)`, gathered from every rank, into the ring buffer (oldest out);
+        with `queue_itm_negatives`, also the batch's `inputs` (`input_ids`, `attention_mask`, the pixels)."""
+        if self.queue_itm_negatives:
+            if inputs is None:
+                raise ValueError("queue_itm_negatives: enqueue needs the batch's inputs (input_ids, pixels).")
+            self._enqueue_inputs(inputs, image_embeds.shape[0])
         if image_ids is None:
             image_ids = torch.full((image_embeds.shape[0],), -1, dtype=torch.long, device=image_embeds.device)
         image, text, ids = (_all_gather(t) for t in (image_embeds.float(), text_embeds.float(), image_ids.long()))
@@ -158,6 +194,36 @@ class MomentumDistillation:
         self.queue_ids[slots] = ids[-keep:].to(self.queue_ids.device)
         self.pointer = (self.pointer + keep) % self.queue_size
         self.filled = min(self.filled + keep, self.queue_size)
+
+    def _enqueue_inputs(self, inputs: dict, batch: int) -> None:
+        """Writes the batch's inputs (every rank's) into the slots `enqueue` is about to fill with its features."""
+        rank, world_size = distributed_info()
+        input_ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(input_ids)
+        pixels = _visual(inputs)
+        input_ids, mask = gather_padded(input_ids, rank, world_size), gather_padded(mask, rank, world_size)
+        pixels = _all_gather(pixels)  # (W*B, ...): every rank's data share one pixel shape
+        device = self.queue_ids.device
+        if self.queue_pixel_values is None:
+            self.queue_pixel_values = torch.zeros((self.queue_size, *pixels.shape[1:]), dtype=pixels.dtype,
+                                                  device=device)
+            self.queue_input_ids = torch.zeros(self.queue_size, input_ids.shape[1], dtype=torch.long, device=device)
+            self.queue_attention_mask = torch.zeros_like(self.queue_input_ids)
+        if tuple(pixels.shape[1:]) != tuple(self.queue_pixel_values.shape[1:]):
+            raise ValueError(
+                f"queue_itm_negatives keeps every entry's pixels in one buffer of {tuple(self.queue_pixel_values.shape[1:])}"
+                f"; this batch's are {tuple(pixels.shape[1:])}. Resize the images to one size (the image processor)."
+            )
+        length = max(self.queue_input_ids.shape[1], input_ids.shape[1])
+        self.queue_input_ids = pad_length(self.queue_input_ids, length)
+        self.queue_attention_mask = pad_length(self.queue_attention_mask, length)
+        keep = min(pixels.shape[0], self.queue_size)
+        slots = (self.pointer + torch.arange(keep, device=device)) % self.queue_size
+        self.queue_pixel_values[slots] = pixels[-keep:].to(device, self.queue_pixel_values.dtype)
+        self.queue_input_ids[slots] = pad_length(input_ids[-keep:], length).to(device, torch.long)
+        self.queue_attention_mask[slots] = pad_length(mask[-keep:], length).to(device, torch.long)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -179,6 +245,7 @@ class MomentumDistillation:
         for name, tensor in self.teacher.state_dict().items():
             tensor.copy_(student[name])
         self.queue_ids.fill_(-1)
+        self.queue_input_ids = self.queue_attention_mask = self.queue_pixel_values = None
         self.pointer = self.filled = 0
 
     # -- checkpointing ----------------------------------------------------------------------------------------------
@@ -191,6 +258,8 @@ class MomentumDistillation:
             "queue.ids": self.queue_ids,
             "queue.position": torch.tensor([self.pointer, self.filled]),
         })
+        state.update({f"queue.{name[len('queue_'):]}": getattr(self, name) for name in _INPUT_BUFFERS
+                      if getattr(self, name) is not None})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -205,6 +274,16 @@ class MomentumDistillation:
         self.queue_text.copy_(state["queue.text"])
         self.queue_ids.copy_(state["queue.ids"])
         self.pointer, self.filled = (int(v) for v in state["queue.position"])
+        saved = {name: state.get(f"queue.{name[len('queue_'):]}") for name in _INPUT_BUFFERS}
+        if self.queue_itm_negatives and self.filled and any(value is None for value in saved.values()):
+            raise ValueError(
+                "The checkpoint's queue has no entry inputs (it was written without --queue_itm_negatives): resume "
+                "with the same flag, or without it."
+            )
+        for name, value in saved.items():
+            # Sizes come from the data (pixel shape, longest text), so the buffers take the saved tensors' shapes.
+            setattr(self, name, None if value is None or not self.queue_itm_negatives
+                    else value.to(self.queue_ids.device).clone())
 
     def save(self, folder: str) -> str:
         """Writes the state to `folder/momentum_distillation.safetensors`; returns the file's path."""

@@ -421,7 +421,8 @@ class MMTrainer(Trainer):
         if distillation is not None:
             # After the forward: this batch's features are negatives for the next batches, not for itself.
             teacher = inputs["itc_distillation"]
-            distillation.enqueue(teacher.momentum_image_embeds, teacher.momentum_text_embeds, inputs.get("image_ids"))
+            distillation.enqueue(teacher.momentum_image_embeds, teacher.momentum_text_embeds, inputs.get("image_ids"),
+                                 inputs)
         if model.training and hasattr(outputs, "keys"):
             for key in outputs.keys():
                 value = outputs[key]
