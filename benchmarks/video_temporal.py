@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
+    parser.add_argument("--video_attention", default="joint", choices=["joint", "divided"],
+                        help="The ViT's attention over a clip: joint space-time, or TimeSformer's divided.")
+    parser.add_argument("--patch_embedding_type", default="patchify", choices=["patchify", "conv_stem"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -145,7 +148,8 @@ def main() -> None:
     )
     config = MMConfig(
         fusion=args.fusion,
-        vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames, **tower),
+        vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
+                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type, **tower),
         text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=32, **tower),
         num_fusion_layers=2,
         id2label=dict(enumerate(answers)),
@@ -167,7 +171,8 @@ def main() -> None:
         f"Data: {len(train_data['clips'])} train / {len(test_data['clips'])} test clips ({len(train_data['labels'])} / "
         f"{len(test_data['labels'])} questions) from `{args.data_dir}`; {args.num_frames} frames sampled by count, "
         f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, built-in ViT "
-        f"(patch {args.patch_size}, `num_frames={args.num_frames}`) and text tower, hidden {args.hidden}, {args.layers} "
+        f"(patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, {args.video_attention} "
+        f"space-time attention) and text tower, hidden {args.hidden}, {args.layers} "
         f"layers, {sum(p.numel() for p in video_model.parameters()) / 1e6:.2f} M parameters; AdamW lr {args.lr} "
         f"(one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. {platform.processor() or platform.machine()}, "
         f"{args.threads} thread(s), torch {torch.__version__}; {total_s / 60:.1f} min in all (decoding {decode_s:.0f} s).",

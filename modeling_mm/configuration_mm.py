@@ -65,6 +65,13 @@ class MMVisionConfig(PreTrainedConfig):
             patchifying convolution (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"). The conv
             stem gives the tower a locality prior that a ViT trained from scratch on little data lacks; it needs a
             power-of-two `patch_size` and costs about as much as one Transformer layer at 64x64 px.
+        video_attention (`str`): How a clip's tokens attend to each other. `"joint"`: every patch of every frame to
+            every other (the temporal embeddings alone carry the order). `"divided"`: TimeSformer's divided space-time
+            attention (Bertasius et al. 2021, sec. 3): in each layer a temporal attention across the frames at each
+            patch position, then the spatial attention within each frame (each frame with its own copy of `[CLS]`,
+            averaged after); `T * (1 + N)^2` instead of `(1 + T * N)^2` attention scores. The temporal attention's
+            output projection starts at zero and is skipped for one-frame inputs, so an image checkpoint loads into
+            a divided video model and computes what it computed on images. FLIP masking is refused for clips then.
     """
 
     model_type = "mm_vision_model"
@@ -85,6 +92,7 @@ class MMVisionConfig(PreTrainedConfig):
     num_frames: int = 1
     qkv_bias: bool = True
     patch_embedding_type: str = "patchify"
+    video_attention: str = "joint"
 
     def __post_init__(self, **kwargs):
         _check_positive(
@@ -113,6 +121,10 @@ class MMVisionConfig(PreTrainedConfig):
         if self.patch_embedding_type == "conv_stem" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(
                 f"MMVisionConfig.patch_embedding_type='conv_stem' needs a power-of-two patch_size >= 2, got {self.patch_size}."
+            )
+        if self.video_attention not in ("joint", "divided"):
+            raise ValueError(
+                f"MMVisionConfig.video_attention must be 'joint' or 'divided', got {self.video_attention!r}."
             )
         super().__post_init__(**kwargs)
 
@@ -339,6 +351,13 @@ class MMConfig(PreTrainedConfig):
         itc_weight, itm_weight, mlm_weight, lm_weight (`float`): Weights of each objective in the total loss.
         initializer_range (`float`): Std of the init of fusion, projection and head weights.
         tie_word_embeddings (`bool`): Tie MLM/LM output layers to the input word embeddings.
+        video_temporal_layers (`int`): For a vision tower other than the built-in ViT (CLIP, SigLIP, the CNN tower),
+            which encodes a clip frame by frame: Transformer layers over the T per-frame pooled states (plus learned
+            frame embeddings) whose mean is the clip's pooled state; the per-frame token states handed to fusion get
+            the frame embeddings too. The layers' residual branches and the embeddings start at zero, so a new model
+            starts from the frame average. 0 (default): the pooled state is the frame average (time-blind). The
+            built-in ViT models time itself (`vision_config.num_frames`, `vision_config.video_attention`).
+        video_max_frames (`int`): Frames the temporal layers' frame embeddings cover (with `video_temporal_layers`).
     """
 
     model_type = "mm"
@@ -362,6 +381,8 @@ class MMConfig(PreTrainedConfig):
     lm_weight: float = 1.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    video_temporal_layers: int = 0
+    video_max_frames: int = 16
 
     def __post_init__(self, **kwargs):
         self.vision_config = _build_sub_config(self.vision_config, MMVisionConfig, "vision_config")
@@ -398,6 +419,17 @@ class MMConfig(PreTrainedConfig):
         bias = self.logit_bias_init_value
         if bias is not None and (not isinstance(bias, (int, float)) or isinstance(bias, bool) or bias != bias):
             raise ValueError(f"MMConfig.logit_bias_init_value must be a number or None, got {bias!r}.")
+        if not isinstance(self.video_temporal_layers, int) or self.video_temporal_layers < 0:
+            raise ValueError(
+                f"MMConfig.video_temporal_layers must be a non-negative integer, got {self.video_temporal_layers!r}."
+            )
+        _check_positive(self, ("video_max_frames",))
+        if self.video_temporal_layers and (isinstance(self.vision_config, MMVisionConfig) or self.fusion == "early"):
+            raise ValueError(
+                "MMConfig.video_temporal_layers is for vision towers that encode clips frame by frame (CLIP, SigLIP, "
+                "the CNN tower); the built-in ViT models time itself: set vision_config.num_frames and "
+                "vision_config.video_attention instead."
+            )
         for tower, cfg in (("vision_config", self.vision_config), ("text_config", self.text_config)):
             if getattr(cfg, "hidden_size", None) is None:
                 raise ValueError(f"MMConfig.{tower} ({type(cfg).__name__}) has no hidden_size; it cannot serve as a tower.")

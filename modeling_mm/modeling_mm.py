@@ -42,6 +42,8 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "MMCoAttentionLayer",
+    "MMDividedSpaceTimeLayer",
+    "MMFrameTemporalEncoder",
     "MMDecoderOutput",
     "MMFusionOutput",
     "MMModel",
@@ -359,6 +361,57 @@ class MMLayer(GradientCheckpointingLayer):
             hidden_states = hidden_states + self.dropout(cross_out)
         hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
         return hidden_states, self_weights, cross_weights
+
+
+class MMDividedSpaceTimeLayer(GradientCheckpointingLayer):
+    """TimeSformer's divided space-time layer (Bertasius et al. 2021, sec. 3, "T+S"), pre-LN: a temporal attention
+    across the frames at each patch position, then a spatial attention within each frame, then the MLP.
+
+    The spatial attention, the MLP and their norms carry `MMLayer`'s names (`self_attn`, `layer_norm1`, `mlp`,
+    `layer_norm2`), so an image tower's weights load into it; `temporal_attn` is new, its output projection
+    initialised to zero (marked `_zero_init` for `_init_weights`): the layer starts as the image layer applied per frame.
+    A one-frame input skips the temporal attention, so images are encoded exactly as by `MMLayer`."""
+
+    def __init__(self, config: PreTrainedConfig, layer_idx: int | None = None):
+        super().__init__()
+        self.layer_norm_temporal = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.temporal_attn = MMAttention(config, layer_idx=layer_idx)
+        self.temporal_attn.out_proj._zero_init = True
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = MMAttention(config, layer_idx=layer_idx)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MMMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.has_cross_attention = False
+
+    def forward(
+        self, hidden_states: torch.Tensor, frames: int = 1, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`hidden_states` `(B, 1 + T*N, D)`: `[CLS]`, then frame-major patches. Returns the states and the spatial
+        and temporal attention maps, `(B*T, H, 1+N, 1+N)` and `(B*N, H, T, T)` (None unless `output_attentions`)."""
+        batch, tokens, width = hidden_states.shape
+        cls, patches = hidden_states[:, :1], hidden_states[:, 1:]  # (B, 1, D), (B, T*N, D)
+        per_frame = (tokens - 1) // frames
+        temporal_weights = None
+        if frames > 1:
+            # Each patch position attends over its T frames.
+            along_time = patches.reshape(batch, frames, per_frame, width).transpose(1, 2).reshape(-1, frames, width)
+            update, temporal_weights = self.temporal_attn(
+                self.layer_norm_temporal(along_time), output_attentions=output_attentions
+            )  # (B*N, T, D)
+            update = update.reshape(batch, per_frame, frames, width).transpose(1, 2).reshape(batch, -1, width)
+            patches = patches + self.dropout(update)
+        # Each frame attends within itself, with its own copy of [CLS]; the copies are averaged afterwards.
+        in_frame = torch.cat(
+            [cls.unsqueeze(1).expand(-1, frames, -1, -1), patches.reshape(batch, frames, per_frame, width)], dim=2
+        ).reshape(batch * frames, 1 + per_frame, width)  # (B*T, 1+N, D)
+        update, spatial_weights = self.self_attn(self.layer_norm1(in_frame), output_attentions=output_attentions)
+        update = update.reshape(batch, frames, 1 + per_frame, width)
+        cls = cls + self.dropout(update[:, :, :1].mean(1))
+        patches = patches + self.dropout(update[:, :, 1:].reshape(batch, frames * per_frame, width))
+        hidden_states = torch.cat([cls, patches], dim=1)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+        return hidden_states, spatial_weights, temporal_weights
 
 
 class MMCoAttentionLayer(GradientCheckpointingLayer):
@@ -712,7 +765,7 @@ class MMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # Co-attention models add "MMCoAttentionLayer" (in `__init__`): accelerate's FSDP wrap refuses a listed class the
     # model does not contain.
-    _no_split_modules = ["MMLayer", "MMVisionEmbeddings", "MMTextEmbeddings"]
+    _no_split_modules = ["MMLayer", "MMDividedSpaceTimeLayer", "MMVisionEmbeddings", "MMTextEmbeddings"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -811,7 +864,11 @@ class MMPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
+            # Residual branches that must start as the identity (new temporal parts) are marked `_zero_init`.
+            if getattr(module, "_zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -821,6 +878,8 @@ class MMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, MMFrameTemporalEncoder):
+            init.zeros_(module.frame_embedding)
         elif isinstance(module, MMVisionEmbeddings):
             init.trunc_normal_(module.cls_token, std=std)
             init.trunc_normal_(module.position_embedding, std=std)
@@ -851,7 +910,8 @@ class MMVisionModel(MMPreTrainedModel):
     def __init__(self, config: MMVisionConfig):
         super().__init__(config)
         self.embeddings = MMVisionEmbeddings(config)
-        self.layers = nn.ModuleList([MMLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        layer = MMDividedSpaceTimeLayer if config.video_attention == "divided" else MMLayer
+        self.layers = nn.ModuleList([layer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -882,6 +942,8 @@ class MMVisionModel(MMPreTrainedModel):
         output_attentions = _flag(output_attentions, self.config, "output_attentions")
         output_hidden_states = _flag(output_hidden_states, self.config, "output_hidden_states")
         pooled_only = pooled_only and not output_hidden_states
+        if self.config.video_attention == "divided":
+            return self._divided_forward(pixel_values, image_keep_indices, output_attentions, output_hidden_states)
         hidden_states, _ = self.embeddings(pixel_values, keep_indices=image_keep_indices)  # (B, 1+N, D)
         out = run_layers(
             self.layers,
@@ -896,6 +958,39 @@ class MMVisionModel(MMPreTrainedModel):
             pooler_output=hidden_states[:, 0],
             hidden_states=out.hidden_states,
             attentions=out.attentions,
+        )
+
+
+    def _divided_forward(
+        self,
+        pixel_values: torch.Tensor,
+        image_keep_indices: torch.LongTensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPooling:
+        """`forward` with divided space-time layers. `attentions` holds each layer's spatial maps
+        `(B*T, H, 1+N, 1+N)`; the temporal ones are not returned."""
+        if image_keep_indices is not None and pixel_values.ndim == 5:
+            raise ValueError(
+                "FLIP masking (image_mask_ratio / image_keep_indices) drops different patches in each frame, which "
+                "divided space-time attention cannot pair across frames: train clips with video_attention='divided' "
+                "with image_mask_ratio=0."
+            )
+        hidden_states, frames = self.embeddings(pixel_values, keep_indices=image_keep_indices)  # (B, 1+T*N, D)
+        all_hidden = () if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            hidden_states, spatial_weights, _ = layer(hidden_states, frames, output_attentions)
+            if output_attentions:
+                attentions += (spatial_weights,)
+        if output_hidden_states:
+            all_hidden += (hidden_states,)
+        hidden_states = self.post_layernorm(hidden_states)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=hidden_states[:, 0], hidden_states=all_hidden,
+            attentions=attentions,
         )
 
 
@@ -1010,6 +1105,45 @@ def _text_layer_config(config: MMConfig) -> PreTrainedConfig:
     layer_config = MMTextConfig(**fields)
     layer_config._attn_implementation = text._attn_implementation
     return layer_config
+
+
+class MMFrameTemporalEncoder(nn.Module):
+    """Time for a vision tower that encodes a clip frame by frame (CLIP, SigLIP, the CNN tower): learned frame
+    embeddings, then `config.video_temporal_layers` pre-LN Transformer layers over the T per-frame pooled states
+    `(B, T, Dv)`; their mean is the clip's pooled state. The frame embeddings are also added to each frame's token
+    states, so fusion layers reading them know the frame order.
+
+    The frame embeddings and every residual branch (`out_proj`, `fc2`) start at zero
+    (`MMPreTrainedModel._init_weights`), so an untrained encoder returns the frame average and the tokens unchanged,
+    what the model computes without one."""
+
+    def __init__(self, config: MMConfig):
+        super().__init__()
+        width = config.vision_config.hidden_size
+        heads = width // 64 if width % 64 == 0 else 1
+        layer_config = MMVisionConfig(
+            hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width,
+            num_hidden_layers=config.video_temporal_layers,
+            layer_norm_eps=getattr(config.vision_config, "layer_norm_eps", 1e-12),
+        )
+        layer_config._attn_implementation = config._attn_implementation or "sdpa"
+        self.max_frames = config.video_max_frames
+        self.frame_embedding = nn.Parameter(torch.zeros(1, config.video_max_frames, width))
+        self.layers = nn.ModuleList([MMLayer(layer_config, layer_idx=i) for i in range(config.video_temporal_layers)])
+        for layer in self.layers:
+            layer.self_attn.out_proj._zero_init = layer.mlp.fc2._zero_init = True
+
+    def forward(self, frame_states: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`frame_states` `(B, T, Dv)`, `tokens` `(B, T, N, Dv)` -> the clip's pooled state `(B, Dv)` and the tokens
+        with their frame's embedding."""
+        frames = frame_states.shape[1]
+        if frames > self.max_frames:
+            raise ValueError(
+                f"The clip has {frames} frames but config.video_max_frames is {self.max_frames}; raise video_max_frames."
+            )
+        embedding = self.frame_embedding[:, :frames]  # (1, T, Dv)
+        states = run_layers(self.layers, frame_states + embedding).last_hidden_state  # (B, T, Dv)
+        return states.mean(1), tokens + embedding.unsqueeze(2)
 
 
 def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
@@ -1210,6 +1344,7 @@ class MMModel(MMPreTrainedModel):
             self.modality_type_embeddings = nn.Embedding(2, text_hidden)
         else:
             self.vision_model = _build_tower(config.vision_config)
+            self.temporal_encoder = MMFrameTemporalEncoder(config) if config.video_temporal_layers else None
             if add_projections:
                 self.visual_projection = nn.Linear(vision_hidden, config.projection_dim, bias=False)
                 self.text_projection = nn.Linear(text_hidden, config.projection_dim, bias=False)
@@ -1278,11 +1413,18 @@ class MMModel(MMPreTrainedModel):
             raise ValueError("image_keep_indices (FLIP) needs the built-in MMVisionModel tower.")
         flags = _tower_flags(self.vision_model, output_attentions, output_hidden_states)
         if pixel_values.ndim == 5:
-            # Foreign image towers see a clip as T images; their tokens are concatenated and the pooled states averaged.
+            # Foreign image towers see a clip as T images; their tokens are concatenated and their pooled states averaged
+            # (time-blind) or, with config.video_temporal_layers, run through the temporal encoder.
             batch, frames = pixel_values.shape[:2]
             out = self.vision_model(pixel_values=pixel_values.flatten(0, 1), **flags)
-            hidden = out.last_hidden_state.reshape(batch, -1, out.last_hidden_state.shape[-1])
-            pooled = _pooled(out).reshape(batch, frames, -1).mean(1)
+            width = out.last_hidden_state.shape[-1]
+            hidden = out.last_hidden_state.reshape(batch, frames, -1, width)  # (B, T, N, Dv)
+            pooled = _pooled(out).reshape(batch, frames, -1)  # (B, T, Dv)
+            if self.temporal_encoder is not None:
+                pooled, hidden = self.temporal_encoder(pooled, hidden)
+            else:
+                pooled = pooled.mean(1)
+            hidden = hidden.reshape(batch, -1, width)
             return BaseModelOutputWithPooling(
                 last_hidden_state=hidden, pooler_output=pooled, hidden_states=out.get("hidden_states"),
                 attentions=out.get("attentions"),

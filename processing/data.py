@@ -130,7 +130,12 @@ def processor_for_model(
         processor.max_length = max_length
     else:
         image_size = getattr(model.config.vision_config, "image_size", None)
-        processor = build_default_processor(image_size, max_length=max_length, tokenizer_path=text_model_name_or_path)
+        # A video model's clips are sampled to the frames its temporal embeddings cover.
+        frames = getattr(model.config.vision_config, "num_frames", 1)
+        video = {"num_frames": frames} if frames > 1 else {}
+        processor = build_default_processor(
+            image_size, max_length=max_length, tokenizer_path=text_model_name_or_path, **video
+        )
     vocab_size = model.config.text_config.vocab_size
     if len(processor.tokenizer) > vocab_size:
         raise ValueError(

@@ -75,6 +75,21 @@ class ModelArguments:
             "choices": ["conv_stem", "patchify"],
         },
     )
+    num_frames: int = field(
+        default=1,
+        metadata={
+            "help": "Built-in ViT: frames per clip. > 1 pretrains on clip-caption pairs (a `video` column of files or "
+            "frames, sampled to this many frames by the video processor), with temporal embeddings."
+        },
+    )
+    video_attention: str = field(
+        default="joint",
+        metadata={
+            "help": "Built-in ViT with --num_frames > 1: 'joint' space-time attention or TimeSformer's 'divided' "
+            "(temporal, then spatial attention in each layer).",
+            "choices": ["joint", "divided"],
+        },
+    )
     vision_hidden_size: int = field(default=256, metadata={"help": "Built-in ViT: width."})
     vision_num_layers: int = field(default=4, metadata={"help": "Built-in ViT: layers."})
     vision_num_heads: int = field(default=4, metadata={"help": "Built-in ViT: attention heads."})
@@ -118,6 +133,14 @@ class ModelArguments:
             raise ValueError(
                 f"--objective_weights has {len(self.objective_weights)} values for {len(self.objectives)} objectives "
                 f"{self.objectives}: give one weight per objective, in the same order."
+            )
+        if (self.num_frames > 1 or self.video_attention != "joint") and (
+            self.vision_model_name_or_path or self.model_name_or_path
+        ):
+            raise ValueError(
+                "--num_frames / --video_attention build a new built-in ViT; a checkpoint given with "
+                "--vision_model_name_or_path / --model_name_or_path keeps its own vision config (set num_frames and "
+                "video_attention there, or video_temporal_layers for CLIP / CNN towers)."
             )
 
     def weights(self) -> dict[str, float]:
@@ -239,6 +262,8 @@ def build_model(model_args: ModelArguments) -> MMForPreTraining:
             image_size=model_args.image_size,
             patch_size=model_args.patch_size,
             patch_embedding_type=model_args.patch_embedding_type,
+            num_frames=model_args.num_frames,
+            video_attention=model_args.video_attention,
             hidden_size=model_args.vision_hidden_size,
             num_hidden_layers=model_args.vision_num_layers,
             num_attention_heads=model_args.vision_num_heads,

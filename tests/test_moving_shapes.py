@@ -288,3 +288,26 @@ def test_cli_writes_the_data(tmp_path, capsys):
     assert "--train_file" in capsys.readouterr().out
     frames, indices = _decode(tmp_path / "videos/test/000000.mp4")
     assert indices == list(range(8)) and frames.shape[0] == 8
+
+
+def test_pretraining_on_clip_caption_pairs_with_divided_attention(data_dir, tmp_path):
+    """`mm pretrain` on the clips' captions (video files in a JSON-lines manifest): a built-in ViT over 4-frame clips
+    with divided space-time attention trains, and the saved model and processor keep the video settings."""
+    from modeling_mm import MMForPreTraining
+    from run_scripts import pretrain
+    from tests.pretrain_tester import save_tiny_text_tower, step_losses, tiny_pretrain_args
+
+    tower = save_tiny_text_tower(str(tmp_path / "tower"))
+    out = tmp_path / "run"
+    args = tiny_pretrain_args(
+        tower, str(out), train_file=str(data_dir / "train.jsonl"), num_frames=4, video_attention="divided",
+        objectives=["itc", "itm"], group_column="clip_id", max_steps=3, save_steps=3, max_train_samples=None,
+    )
+    pretrain.main(args)
+    losses = step_losses(str(out / "trainer_state.json"))
+    assert sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))
+    model = MMForPreTraining.from_pretrained(str(out))
+    assert (model.config.vision_config.num_frames, model.config.vision_config.video_attention) == (4, "divided")
+    assert MMProcessor.from_pretrained(str(out)).video_processor.num_frames == 4
+    with pytest.raises(ValueError, match="--num_frames"):
+        pretrain.main(tiny_pretrain_args(tower, str(tmp_path / "bad"), num_frames=4, vision_model_name_or_path=tower))

@@ -1,0 +1,216 @@
+"""Time in the vision towers: the built-in ViT's divided space-time attention (`MMVisionConfig.video_attention`), and
+the temporal encoder over per-frame states of towers that encode clips frame by frame
+(`MMConfig.video_temporal_layers`). Each must see frame order (reversed or shuffled frames change the output), start
+from what the image / frame-average model computes, and load an image checkpoint."""
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig
+
+from modeling_mm import MMConfig, MMForPreTraining, MMForVisualQuestionAnswering, MMModel
+from modeling_mm.configuration_mm import MMVisionConfig
+from modeling_mm.modeling_mm import MMDividedSpaceTimeLayer, MMFrameTemporalEncoder, MMVisionModel
+from tests.mm_tester import MMModelTester
+
+FRAMES = 4
+
+
+def _vision(video_attention: str = "divided", num_frames: int = FRAMES, **kwargs) -> MMVisionModel:
+    torch.manual_seed(0)
+    config = MMVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, num_frames=num_frames, video_attention=video_attention, **kwargs)
+    return MMVisionModel(config).eval()
+
+
+def _clips(batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, frames, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _train_temporal_parts(model: torch.nn.Module) -> None:
+    """Moves every zero-initialised temporal parameter off zero, as training would."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "temporal" in name or "frame_embedding" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+# -- divided space-time attention --------------------------------------------------------------------------------------
+
+
+def test_divided_layers_replace_the_joint_ones_and_keep_the_image_layer_names():
+    model = _vision()
+    assert all(isinstance(layer, MMDividedSpaceTimeLayer) for layer in model.layers)
+    joint = {name for name in _vision("joint").state_dict()}
+    divided = set(model.state_dict())
+    assert joint <= divided  # an image tower's weights all have a place
+    assert {n.split(".", 2)[2] for n in divided - joint} == {
+        f"{part}.{p}" for part in ("temporal_attn.q_proj", "temporal_attn.k_proj", "temporal_attn.v_proj",
+                                   "temporal_attn.out_proj", "layer_norm_temporal") for p in ("weight", "bias")}
+    for layer in model.layers:  # the temporal branch starts at zero
+        assert not layer.temporal_attn.out_proj.weight.any() and not layer.temporal_attn.out_proj.bias.any()
+
+
+def test_an_image_checkpoint_loads_into_the_divided_video_model_and_encodes_images_the_same(tmp_path):
+    image_model = _vision("joint", num_frames=1)
+    image_model.save_pretrained(tmp_path)
+    video_model, info = MMVisionModel.from_pretrained(
+        tmp_path, num_frames=FRAMES, video_attention="divided", output_loading_info=True
+    )
+    assert not info["unexpected_keys"]
+    assert all("temporal" in key for key in info["missing_keys"]) and info["missing_keys"]
+    images = _clips()[:, 0]
+    with torch.no_grad():
+        expected = image_model(images).last_hidden_state
+        got = video_model.eval()(images).last_hidden_state
+        one_frame = video_model(images.unsqueeze(1)).last_hidden_state
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(one_frame, expected)  # a one-frame clip is an image
+    # Untrained, each frame's patches after the first layer are the image layer's on that frame alone.
+    one_layer = MMVisionModel.from_pretrained(tmp_path, num_frames=FRAMES, video_attention="divided",
+                                              num_hidden_layers=1).eval()
+    image_one_layer = MMVisionModel.from_pretrained(tmp_path, num_hidden_layers=1).eval()
+    clips = _clips()
+    with torch.no_grad():
+        states = one_layer(clips).last_hidden_state[:, 1:].reshape(2, FRAMES, 16, 32)
+        for t in range(FRAMES):
+            torch.testing.assert_close(states[:, t], image_one_layer(clips[:, t]).last_hidden_state[:, 1:])
+
+
+@pytest.mark.parametrize("video_attention", ["divided", "joint"])
+def test_frame_order_changes_the_output(video_attention):
+    model = _vision(video_attention)
+    _train_temporal_parts(model)
+    clips = _clips()
+    with torch.no_grad():
+        pooled = model(clips).pooler_output
+        reversed_ = model(clips.flip(1)).pooler_output
+        shuffled = model(clips[:, [2, 0, 3, 1]]).pooler_output
+    assert (pooled - reversed_).abs().max() > 1e-3 and (pooled - shuffled).abs().max() > 1e-3
+
+
+def test_divided_attention_sees_order_through_attention_alone():
+    """With the temporal embeddings at zero, divided attention is equivariant to a permutation of the frames and
+    its frame-averaged [CLS] invariant: the embeddings are what tells it the order (so the test above is not passing
+    for some accidental reason)."""
+    model = _vision()
+    _train_temporal_parts(model)
+    with torch.no_grad():
+        model.embeddings.temporal_embedding.zero_()
+        clips = _clips()
+        torch.testing.assert_close(model(clips).pooler_output, model(clips[:, [2, 0, 3, 1]]).pooler_output)
+
+
+def test_divided_attention_matches_across_kernels_and_checkpointing():
+    model = _vision()
+    _train_temporal_parts(model)
+    clips = _clips()
+    with torch.no_grad():
+        reference = model(clips).last_hidden_state
+        model.set_attn_implementation("eager")
+        torch.testing.assert_close(model(clips).last_hidden_state, reference, rtol=1e-5, atol=1e-5)
+        out = model(clips, output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2 * FRAMES, 4, 17, 17)
+    assert len(out.hidden_states) == 3
+    model.set_attn_implementation("sdpa")
+    model.train()
+    clips.requires_grad_(True)
+    model(clips).pooler_output.sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(clips).pooler_output.sum().backward()
+    for p, expected in zip(model.parameters(), plain):
+        torch.testing.assert_close(p.grad, expected)
+
+
+def test_divided_attention_refuses_flip_masks_on_clips_and_bad_values():
+    model = _vision()
+    with pytest.raises(ValueError, match="video_attention='divided'"):
+        model(_clips(), image_keep_indices=torch.zeros(2, 8, dtype=torch.long))
+    # Images keep FLIP: a one-frame input has nothing to pair across frames.
+    assert model(_clips()[:, 0], image_keep_indices=torch.arange(8).expand(2, -1)).last_hidden_state.shape == (2, 9, 32)
+    with pytest.raises(ValueError, match="video_attention"):
+        MMVisionConfig(video_attention="factorised")
+
+
+def test_a_divided_video_model_trains_and_round_trips(tmp_path):
+    tester = MMModelTester(num_frames=FRAMES)
+    config = tester.get_config("hybrid", objectives=["itc", "itm"])
+    config.vision_config.video_attention = "divided"
+    torch.manual_seed(0)
+    model = MMForPreTraining(config)
+    inputs = tester.get_inputs(video=True)
+    out = model(**inputs, image_ids=torch.arange(3))
+    out.loss.backward()
+    assert model.mm.vision_model.layers[0].temporal_attn.out_proj.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    loaded = MMForPreTraining.from_pretrained(tmp_path).eval()
+    assert loaded.config.vision_config.video_attention == "divided"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).loss, model.eval()(**inputs).loss)
+
+
+# -- a temporal encoder for towers that encode clips frame by frame --------------------------------------------------
+
+
+def _clip_tower_config(fusion: str = "hybrid", layers: int = 1, **kwargs) -> MMConfig:
+    tester = MMModelTester()
+    text = tester.get_config(fusion).text_config
+    vision = CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=37)
+    return MMConfig(fusion=fusion, vision_config=vision, text_config=text, projection_dim=16,
+                    video_temporal_layers=layers, video_max_frames=8, **kwargs)
+
+
+def test_the_temporal_encoder_starts_as_the_frame_average():
+    torch.manual_seed(0)
+    averaging = MMModel(_clip_tower_config(layers=0)).eval()
+    torch.manual_seed(0)
+    temporal = MMModel(_clip_tower_config(layers=2)).eval()
+    assert isinstance(temporal.temporal_encoder, MMFrameTemporalEncoder) and averaging.temporal_encoder is None
+    temporal.load_state_dict(averaging.state_dict(), strict=False)  # the same tower weights
+    clips = _clips()
+    with torch.no_grad():
+        a, b = averaging.encode_image(clips), temporal.encode_image(clips)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output)
+    torch.testing.assert_close(b.last_hidden_state, a.last_hidden_state)
+
+
+def test_the_temporal_encoder_sees_frame_order_where_the_average_cannot():
+    torch.manual_seed(0)
+    averaging = MMModel(_clip_tower_config(layers=0)).eval()
+    torch.manual_seed(0)
+    temporal = MMModel(_clip_tower_config(layers=1)).eval()
+    _train_temporal_parts(temporal)
+    with torch.no_grad():  # the residual branches off zero too
+        for layer in temporal.temporal_encoder.layers:
+            layer.self_attn.out_proj.weight.normal_(0, 0.2)
+            layer.mlp.fc2.weight.normal_(0, 0.2)
+    clips, order = _clips(), [2, 0, 3, 1]
+    with torch.no_grad():
+        torch.testing.assert_close(averaging.encode_image(clips).pooler_output,
+                                   averaging.encode_image(clips[:, order]).pooler_output)
+        pooled, shuffled = temporal.encode_image(clips), temporal.encode_image(clips[:, order])
+    assert (pooled.pooler_output - shuffled.pooler_output).abs().max() > 1e-3
+    # The tokens handed to fusion carry the frame embeddings: a shuffled clip's tokens are not a permutation.
+    tokens = pooled.last_hidden_state.reshape(2, FRAMES, -1, 32)
+    moved = shuffled.last_hidden_state.reshape(2, FRAMES, -1, 32)
+    assert (tokens[:, order] - moved).abs().max() > 1e-3
+
+
+def test_a_vqa_head_with_the_temporal_encoder_trains_and_checks_its_inputs():
+    torch.manual_seed(0)
+    config = _clip_tower_config("hybrid", num_labels=3)
+    model = MMForVisualQuestionAnswering(config)
+    inputs = MMModelTester(batch_size=2).get_inputs()
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=_clips(),
+                labels=torch.tensor([0, 2]))
+    out.loss.backward()
+    assert model.mm.temporal_encoder.frame_embedding.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="video_max_frames"):
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=_clips(frames=9))
+    with pytest.raises(ValueError, match="built-in ViT models time itself"):
+        MMModelTester().get_config("hybrid", video_temporal_layers=1)
+    with pytest.raises(ValueError, match="video_temporal_layers"):
+        _clip_tower_config(layers=-1)
