@@ -351,6 +351,10 @@ class MMConfig(PreTrainedConfig):
         itc_weight, itm_weight, mlm_weight, lm_weight (`float`): Weights of each objective in the total loss.
         initializer_range (`float`): Std of the init of fusion, projection and head weights.
         tie_word_embeddings (`bool`): Tie MLM/LM output layers to the input word embeddings.
+        loss_chunk_size (`int`, *optional*): When set, the MLM and LM losses (pretraining and captioning, with labels)
+            are computed by `losses.fused_linear_cross_entropy` over chunks of this many rows, so the `(rows, V)`
+            logits and their gradient are never held whole; the outputs' `mlm_logits` / `lm_logits` / `logits` are
+            then `None`. `None` (default): project all rows at once and return the logits.
         video_temporal_layers (`int`): For a vision tower other than the built-in ViT (CLIP, SigLIP, the CNN tower),
             which encodes a clip frame by frame: Transformer layers over the T per-frame pooled states (plus learned
             frame embeddings) whose mean is the clip's pooled state; the per-frame token states handed to fusion get
@@ -381,6 +385,7 @@ class MMConfig(PreTrainedConfig):
     lm_weight: float = 1.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    loss_chunk_size: int | None = None
     video_temporal_layers: int = 0
     video_max_frames: int = 16
 
@@ -477,6 +482,9 @@ class MMConfig(PreTrainedConfig):
         for name in ("itc_weight", "itm_weight", "mlm_weight", "lm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MMConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        chunk = self.loss_chunk_size
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"MMConfig.loss_chunk_size must be a positive integer or None, got {chunk!r}.")
 
     def itc_init_value(self, name: str) -> float | None:
         """`logit_scale_init_value` / `logit_bias_init_value`, or the default of `contrastive_loss` when it is unset

@@ -4,6 +4,9 @@ The contrastive loss takes `rank` / `world_size` explicitly. Under torch.distrib
 gradient* and each rank computes the loss of its own rows against the global batch ("local loss"): averaged over ranks
 by DDP, this gives the same loss and gradients as one process holding the whole batch.
 
+The fused projection + cross-entropy of the token objectives (MLM, LM) needs no `(N, V)` logit matrix: rows are
+projected onto the vocabulary and scored a chunk at a time, with their gradients computed on the spot.
+
 The sigmoid loss (SigLIP) needs no global logit matrix: each rank scores its images against its own texts, then passes
 text features to its neighbours around a ring (both directions at once), so every image meets every text with memory
 for two local blocks only.
@@ -22,6 +25,7 @@ __all__ = [
     "sigmoid_loss_and_logits",
     "next_token_targets",
     "token_cross_entropy",
+    "fused_linear_cross_entropy",
     "gather_features",
     "gather_padded",
     "pad_length",
@@ -442,3 +446,129 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy of `(B, L, V)` logits: position t predicts `labels[t + 1]`; -100 is ignored."""
     return token_cross_entropy(logits.reshape(-1, logits.shape[-1]), next_token_targets(labels).reshape(-1))
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_rows: int,
+    ignore_index: int = -100,
+) -> torch.Tensor:
+    """`token_cross_entropy(hidden @ weight.T + bias, targets)` without ever holding the `(N, V)` logits or their
+    gradient whole: rows are projected and scored `chunk_rows` at a time (the idea of Liger-Kernel's fused linear
+    cross-entropy, in plain torch).
+
+    With gradient, each chunk's gradient w.r.t. `hidden`, `weight` and `bias` is computed in the forward, right after
+    its logits, and the backward only scales the stored `(N, H)`, `(V, H)` and `(V,)` gradients by the incoming one (the
+    price: they are computed even if no backward follows). Without gradient (eval, `torch.no_grad`) only the loss is
+    computed, still chunked. A `weight` shared with the word embeddings (tied) gets its gradient as any other use of it.
+
+    Args:
+        hidden: `(N, H)` states of the scored rows.
+        weight: `(V, H)` vocabulary projection (`nn.Linear.weight`).
+        bias: `(V,)` its bias, or `None`.
+        targets: `(N,)` token ids; `ignore_index` rows are not scored.
+        chunk_rows: Rows per chunk: peak memory grows with `chunk_rows * V`, the number of matmuls with
+            `N / chunk_rows`.
+        ignore_index: Target value of rows that are not scored.
+
+    Returns:
+        The scalar mean over scored rows (their sum divided by their count, at least 1: 0 when nothing is scored, as
+        `token_cross_entropy`), computed in at least float32 whatever the input dtypes and autocast.
+    """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"fused_linear_cross_entropy: chunk_rows must be a positive integer, got {chunk_rows!r}.")
+    if hidden.ndim != 2 or targets.shape != hidden.shape[:1] or weight.ndim != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"fused_linear_cross_entropy needs hidden (N, H), weight (V, H) and targets (N,); got "
+            f"{tuple(hidden.shape)}, {tuple(weight.shape)} and {tuple(targets.shape)}."
+        )
+    tensors = (hidden, weight) if bias is None else (hidden, weight, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows, ignore_index)
+    return _chunked_cross_entropy(hidden, weight, bias, targets, chunk_rows, ignore_index)[0]
+
+
+def _chunked_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_rows: int,
+    ignore_index: int,
+    needs_grad: tuple[bool, bool, bool] = (False, False, False),
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """`(loss, grad_hidden, grad_weight, grad_bias)` of `fused_linear_cross_entropy`, each gradient `None` unless
+    asked for by `needs_grad`, in the compute dtype."""
+    # Autocast would run the matmuls in half precision: the logits and their softmax are computed in at least float32
+    # instead (as `token_cross_entropy` upcasts the logits), with explicit casts.
+    dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
+    with torch.autocast(hidden.device.type, enabled=False):
+        w = weight.to(dtype)  # (V, H)
+        b = bias.to(dtype) if bias is not None else None
+        valid = targets != ignore_index  # (N,)
+        count = valid.sum().clamp(min=1)  # a tensor: no host sync
+        # Each scored row's share of the mean; ignored rows get 0, which also zeroes their gradient.
+        row_scale = valid.to(dtype) / count  # (N,)
+        safe_targets = targets.masked_fill(~valid, 0)  # gather needs an index in [0, V) on every row
+        total = hidden.new_zeros((), dtype=dtype)
+        grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device) if needs_grad[0] else None
+        grad_weight = torch.zeros_like(w) if needs_grad[1] else None
+        grad_bias = torch.zeros_like(b) if needs_grad[2] and b is not None else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            stop = min(start + chunk_rows, hidden.shape[0])
+            h = hidden[start:stop].to(dtype)  # (c, H)
+            rows = safe_targets[start:stop]
+            logits = h @ w.t() if b is None else torch.addmm(b, h, w.t())  # (c, V): the only (rows, V) buffer
+            target_logit = logits.gather(1, rows[:, None]).squeeze(1)  # (c,)
+            # log-sum-exp by hand, in place, so the buffer becomes exp(z - max) and then the softmax.
+            row_max = logits.amax(dim=1, keepdim=True)  # (c, 1)
+            probs = logits.sub_(row_max).exp_()
+            sum_exp = probs.sum(dim=1, keepdim=True)
+            lse = (sum_exp.log() + row_max).squeeze(1)  # (c,)
+            total = total + ((lse - target_logit) * valid[start:stop]).sum()
+            if not any(needs_grad):
+                continue
+            # d(mean loss)/d(logits) = (softmax - onehot(target)) * row_scale: scored rows only, divided by their count.
+            probs.div_(sum_exp)
+            probs[torch.arange(stop - start, device=probs.device), rows] -= 1.0
+            grad_logits = probs.mul_(row_scale[start:stop, None])  # (c, V)
+            if grad_hidden is not None:
+                torch.mm(grad_logits, w, out=grad_hidden[start:stop])  # (c, H)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t(), h)  # (V, H)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(dim=0)  # (V,)
+        return total / count, grad_hidden, grad_weight, grad_bias
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """The forward computes the loss and, chunk by chunk, its gradients; the backward scales them by the incoming
+    gradient (a scalar) and returns them in the dtypes of the inputs."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, ignore_index):
+        needs_grad = tuple(ctx.needs_input_grad[:3])  # (hidden, weight, bias): frozen parts get none
+        loss, grad_hidden, grad_weight, grad_bias = _chunked_cross_entropy(
+            hidden, weight, bias, targets, chunk_rows, ignore_index, needs_grad
+        )
+        # Stored in the inputs' dtypes: a bf16 model keeps bf16 gradients (accumulated in float32 above).
+        grads = [
+            None if grad is None else grad.to(tensor.dtype)
+            for grad, tensor in zip((grad_hidden, grad_weight, grad_bias), (hidden, weight, bias))
+        ]
+        ctx.has = [grad is not None for grad in grads]
+        ctx.save_for_backward(*[grad for grad in grads if grad is not None])
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        saved = iter(ctx.saved_tensors)
+        grads = []
+        for has in ctx.has:
+            grad = next(saved) if has else None
+            grads.append(None if grad is None else grad * grad_loss.to(grad.dtype))
+        return *grads, None, None, None

@@ -23,13 +23,14 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mm import CROSS_FUSIONS, MMConfig, MMTextConfig
-from .losses import causal_lm_loss, token_cross_entropy
+from .losses import causal_lm_loss, fused_linear_cross_entropy, next_token_targets, token_cross_entropy
 from .modeling_mm import MMModel, MMOutput, MMPreTrainedModel, MMTextDecoder, _flag, visual_input
 from .modeling_mm_pretraining import (
     MMForPreTraining,
     _as_projection,
     _check_batch,
     _check_lm_labels,
+    _loss_chunk,
     _text_act_eps,
 )
 
@@ -108,7 +109,8 @@ class MMCausalLMOutput(MMOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`): Next-token loss, when `labels` are given.
-        logits (`torch.FloatTensor` of shape `(B, L, V)`): Next-token scores (the last `logits_to_keep` positions).
+        logits (`torch.FloatTensor` of shape `(B, L, V)`): Next-token scores (the last `logits_to_keep` positions);
+            `None` when the loss was fused with the projection (`config.loss_chunk_size`, with labels).
         cache (`Cache`): Self- and cross-attention keys/values for the next decoding step.
         hidden_states, attentions, cross_attentions (`tuple(torch.FloatTensor)`): Per decoder layer, when asked for.
         image_outputs (`BaseModelOutputWithPooling`): The vision tower's output for this call (`None` on decoding
@@ -581,6 +583,8 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             if value is not None:
                 _check_lm_labels(value, input_ids, self.config.text_config.vocab_size, name=name)
         scored = labels is not None or shift_labels is not None
+        # With labels and `config.loss_chunk_size`, the vocabulary projection happens inside the fused loss instead.
+        chunk = _loss_chunk(self.config, self.text_decoder.lm_head) if scored else None
         decoded = self.text_decoder(
             input_ids,
             image_outputs.last_hidden_state if image_outputs is not None else None,
@@ -591,9 +595,17 @@ class MMForConditionalGeneration(MMPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             position_ids=position_ids,
             logits_to_keep=0 if scored else logits_to_keep,
+            compute_logits=chunk is None,
         )
         loss = None
-        if shift_labels is not None:
+        if chunk is not None:
+            targets = shift_labels if shift_labels is not None else next_token_targets(labels)  # (B, L)
+            hidden = decoded.last_hidden_state  # (B, L, D)
+            head = self.text_decoder.lm_head
+            loss = fused_linear_cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, targets.reshape(-1), chunk
+            )
+        elif shift_labels is not None:
             loss = token_cross_entropy(decoded.logits.reshape(-1, decoded.logits.shape[-1]), shift_labels.reshape(-1))
         elif labels is not None:
             loss = causal_lm_loss(decoded.logits, labels)

@@ -19,9 +19,11 @@ from .configuration_mm import CROSS_FUSIONS, MMConfig
 from .losses import (
     distilled_contrastive_loss,
     distributed_info,
+    fused_linear_cross_entropy,
     gather_features,
     gather_padded,
     itm_loss,
+    next_token_targets,
     pad_length,
     sample_hard_negatives,
     token_cross_entropy,
@@ -53,9 +55,9 @@ class MMForPreTrainingOutput(MMOutput):
         itm_logits (`torch.FloatTensor` of shape `(P, 2)`): ITM scores of positives then hard negatives.
         itm_labels (`torch.LongTensor` of shape `(P,)`): 1 for matched pairs, 0 for negatives.
         mlm_logits (`torch.FloatTensor` of shape `(N_masked, V)`): MLM predictions at the masked positions, in
-            row-major order of `mlm_labels != -100`.
+            row-major order of `mlm_labels != -100`; `None` with `config.loss_chunk_size` (fused loss).
         lm_logits (`torch.FloatTensor` of shape `(N_targets, V)`): Captioning predictions of every real next token
-            (positions whose target is not padding), in row-major order.
+            (positions whose target is not padding), in row-major order; `None` with `config.loss_chunk_size`.
         hidden_states, attentions (`tuple(torch.FloatTensor)`): With `output_hidden_states` / `output_attentions`: the
             text stream the objectives read, i.e. the text tower over the clean text (late, hybrid; over the masked
             text when `mlm` is the only text objective) or the joint encoder over the matched pairs (early).
@@ -160,8 +162,12 @@ class MMMLMHead(nn.Module):
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.decoder = nn.Linear(hidden_size, vocab_size)
 
+    def transform(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The head up to the vocabulary projection (the states the fused loss projects itself)."""
+        return self.layer_norm(self.act(self.dense(hidden_states)))
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
+        return self.decoder(self.transform(hidden_states))
 
 
 def _text_act_eps(config: MMConfig) -> tuple[str, float]:
@@ -574,19 +580,34 @@ class MMForPreTraining(MMPreTrainedModel):
         logits = self.itm_head(fused_cls)
         return itm_loss(logits, labels), logits
 
-    def _mlm(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _mlm(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """MLM loss and logits from the states of the masked positions only, `(N_masked, D)` -> `(N_masked, V)`.
-        Projecting just those rows onto the vocabulary (~15% of tokens) is most of the MLM head's saving."""
-        logits = self.mlm_head(hidden)
-        return token_cross_entropy(logits, targets), logits
+        Projecting just those rows onto the vocabulary (~15% of tokens) is most of the MLM head's saving. With
+        `config.loss_chunk_size` the projection and loss are fused, chunk by chunk, and no logits are returned."""
+        head = self.mlm_head
+        chunk = _loss_chunk(self.config, head.decoder)
+        if chunk is None:
+            logits = head(hidden)
+            return token_cross_entropy(logits, targets), logits
+        states = head.transform(hidden)  # (N_masked, D)
+        return fused_linear_cross_entropy(states, head.decoder.weight, head.decoder.bias, targets, chunk), None
 
     def _lm(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, image_hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Captioning loss and the logits of every real next token `(N_targets, V)`: the decoder reads the caption
-        with the image, and only positions whose target is not padding are projected onto the vocabulary."""
+        with the image, and only positions whose target is not padding are projected onto the vocabulary (fused with
+        the loss, chunk by chunk and without logits, under `config.loss_chunk_size`)."""
         labels = input_ids.masked_fill(attention_mask == 0, -100)
-        return self.text_decoder.lm_loss(input_ids, image_hidden, attention_mask, labels)
+        decoder = self.text_decoder
+        chunk = _loss_chunk(self.config, decoder.lm_head)
+        if chunk is None:
+            return decoder.lm_loss(input_ids, image_hidden, attention_mask, labels)
+        hidden = decoder(input_ids, image_hidden, attention_mask, compute_logits=False).last_hidden_state  # (B, L, D)
+        targets = next_token_targets(labels)  # (B, L)
+        scored = targets != -100
+        head = decoder.lm_head
+        return fused_linear_cross_entropy(hidden[scored], head.weight, head.bias, targets[scored], chunk), None
 
     # -- composition per fusion -------------------------------------------------------------------------------------
 
@@ -758,3 +779,10 @@ def _as_projection(current: nn.Module, new: nn.Module) -> nn.Module:
         new = projection
     new._is_hf_initialized = True
     return new
+
+
+def _loss_chunk(config: MMConfig, projection: nn.Module) -> int | None:
+    """`config.loss_chunk_size` when the loss over `projection`'s vocabulary can be fused, else `None`. Only a plain
+    `nn.Linear` can: a wrapped projection (peft's LoRA or `modules_to_save`) is more than its `weight`, so it is called
+    whole."""
+    return config.loss_chunk_size if isinstance(projection, nn.Linear) else None

@@ -105,6 +105,13 @@ class ModelArguments:
         },
     )
     image_mask_ratio: float = field(default=0.0, metadata={"help": "FLIP: fraction of patches dropped in training."})
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "MLM / LM losses by a fused vocabulary projection + cross-entropy over chunks of this many rows: "
+            "the (rows, vocabulary) logits are never held whole (less memory, same loss and gradients)."
+        },
+    )
     freeze_text_tower: bool = field(
         default=True,
         metadata={
@@ -250,6 +257,7 @@ def build_model(model_args: ModelArguments) -> MMForPreTraining:
         projection_dim=model_args.projection_dim,
         contrastive_loss=model_args.contrastive_loss,
         image_mask_ratio=model_args.image_mask_ratio,
+        loss_chunk_size=model_args.loss_chunk_size,
         **{f"{name}_weight": value for name, value in model_args.weights().items()},
     )
     if model_args.model_name_or_path:

@@ -43,14 +43,15 @@ import torch
 from transformers.utils import ModelOutput
 
 from modeling_mm import MMITMNegatives
-from modeling_mm.losses import sample_hard_negatives
+from modeling_mm.losses import next_token_targets, sample_hard_negatives
 
 from .distributed import unwrap_pretraining_model
 
 
 __all__ = ["GradCacheOutput", "RNGState", "check_itc_accumulation", "gradcache_backward", "split_micro_batches"]
 
-# The output field whose first dimension counts the items each non-ITC loss is a mean over.
+# The output field whose first dimension counts the items each non-ITC loss is a mean over (the logits are `None`
+# under `config.loss_chunk_size`: `_num_items` then counts the targets in the inputs).
 _ITEMS_OF = {"itm": "itm_labels", "mlm": "mlm_logits", "lm": "lm_logits"}
 
 
@@ -189,7 +190,7 @@ def gradcache_backward(
             image_cache.append(out.image_embeds)  # (b, P)
             text_cache.append(out.text_embeds)  # (b, P)
             # How many items (pairs, tokens) each non-ITC loss of this micro-batch averages over.
-            items.append({obj: out[key].shape[0] for obj, key in _ITEMS_OF.items() if f"{obj}_loss" in out})
+            items.append({obj: _num_items(obj, out, micro) for obj in _ITEMS_OF if f"{obj}_loss" in out})
             del out
     sizes = [e.shape[0] for e in image_cache]
     negatives = None
@@ -273,6 +274,20 @@ def _micro_batch_negatives(
         pixel_values=_pixels(inputs)[images],
         image_keep_indices=keep[images] if keep is not None else None,
     )
+
+
+def _num_items(objective: str, out: ModelOutput, micro: dict) -> int:
+    """How many items the micro-batch's `objective` loss is a mean over: the rows of its output field, or, when the
+    fused loss (`config.loss_chunk_size`) returned no logits, the targets it scored: the masked tokens for MLM, the
+    real next tokens of the captions for LM (as `MMForPreTraining._lm` builds them)."""
+    field = out.get(_ITEMS_OF[objective])
+    if field is not None:
+        return field.shape[0]
+    if objective == "mlm":
+        return int((micro["mlm_labels"] != -100).sum())
+    mask = micro.get("attention_mask")
+    labels = micro["input_ids"] if mask is None else micro["input_ids"].masked_fill(mask == 0, -100)
+    return int((next_token_targets(labels) != -100).sum())
 
 
 def _pixels(inputs: dict) -> torch.Tensor:
