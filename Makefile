@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install -q
 
-.PHONY: install install-test demo demo-quick test benchmark real-benchmark
+.PHONY: install install-test demo demo-quick test benchmark real-benchmark gpu-wheels
 
 install:
 	$(PIP_INSTALL) torch==2.13.0
@@ -30,6 +30,10 @@ test: install-test
 
 benchmark: install
 	$(PYTHON) benchmarks/run_benchmarks.py
+
+# The wheels benchmarks/gpu_check.sh installs on an offline GPU machine (PY_VERSIONS="3.11 3.12 3.13" by default).
+gpu-wheels: install
+	PYTHON=$(PYTHON) bash benchmarks/download_gpu_wheels.sh
 
 # Pretrained vs from-scratch vision towers on real images (Fashion-MNIST, OpenClipArt); writes its table in RESULTS.md.
 real-benchmark: install-test

@@ -45,6 +45,19 @@ def pipeline_rate(loader: DataLoader, samples: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def data_path_rate(batch_size: int, image_size: int, text_length: int, samples: int, num_workers: int = 0) -> float:
+    """Samples/s of the run scripts' data path ("files, set_transform" above) at this batch, image size and token
+    budget: easy-VQA's PNG files through `prepare_dataset` and `DataCollatorForMMPretraining`, after the first batch."""
+    processor = build_default_processor(image_size=image_size, max_length=text_length)
+    images = load_easy_vqa("train", view="images").cast_column("image", Image(decode=False))
+    collator = DataCollatorForMMPretraining(processor, seed=0)
+    loader = DataLoader(
+        prepare_dataset(images, processor), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+        collate_fn=collator,
+    )
+    return pipeline_rate(loader, samples)
+
+
 def step_rate(batch_size: int, steps: int, processor) -> float:
     """Samples/s of the default pretraining step (model of `run_scripts/pretrain.py` with its defaults)."""
     from run_scripts.pretrain import ModelArguments, build_model

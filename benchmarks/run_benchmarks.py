@@ -81,6 +81,7 @@ __all__ = [
     "compare_inference",
     "compare_training",
     "count_step_flops",
+    "make_vision_fn",
     "matmul_peak_flops",
     "measure_step_memory",
     "profile_case",
@@ -281,7 +282,9 @@ def _mm_tower_dicts(sizes: BenchSizes, image_size: int | None = None) -> tuple[d
     return vision, text
 
 
-def build_mm_pretraining(sizes: BenchSizes, image_size: int | None = None) -> Case:
+def build_mm_pretraining(
+    sizes: BenchSizes, image_size: int | None = None, config_overrides: dict | None = None
+) -> Case:
     vision, text = _mm_tower_dicts(sizes, image_size)
     config = MMConfig(
         fusion="hybrid",
@@ -292,6 +295,7 @@ def build_mm_pretraining(sizes: BenchSizes, image_size: int | None = None) -> Ca
         num_decoder_layers=0,
         projection_dim=sizes.projection_dim,
         objectives=["itc", "itm", "mlm"],  # FLIP is off here; run_flip() sets image_mask_ratio
+        **(config_overrides or {}),  # e.g. size_sweep.py's --loss-chunk-size
     )
     model = MMForPreTraining(config)
     text_inputs = make_text(sizes)
@@ -354,7 +358,7 @@ def build_flava_pretraining(sizes: BenchSizes, image_size: int | None = None) ->
     )
 
 
-def _mm_late_config(sizes: BenchSizes) -> MMConfig:
+def _mm_late_config(sizes: BenchSizes, config_overrides: dict | None = None) -> MMConfig:
     vision, text = _mm_tower_dicts(sizes)
     return MMConfig(
         fusion="late",
@@ -363,6 +367,7 @@ def _mm_late_config(sizes: BenchSizes) -> MMConfig:
         num_decoder_layers=sizes.num_decoder_layers,
         projection_dim=sizes.projection_dim,
         objectives=["itc"],
+        **(config_overrides or {}),
     )
 
 
@@ -377,8 +382,8 @@ def _captioning_inputs(sizes: BenchSizes) -> dict[str, torch.Tensor]:
     }
 
 
-def build_mm_captioning(sizes: BenchSizes) -> Case:
-    model = MMForConditionalGeneration(_mm_late_config(sizes))
+def build_mm_captioning(sizes: BenchSizes, config_overrides: dict | None = None) -> Case:
+    model = MMForConditionalGeneration(_mm_late_config(sizes, config_overrides))
     return Case(
         name="mm_captioning",
         label="MMForConditionalGeneration (late; captioning loss)",
@@ -433,12 +438,12 @@ def _itc_inputs(sizes: BenchSizes) -> dict[str, torch.Tensor]:
     }
 
 
-def build_mm_itc(sizes: BenchSizes) -> Case:
+def build_mm_itc(sizes: BenchSizes, config_overrides: dict | None = None) -> Case:
     # The late-fusion ITC pretraining step (what pretrain.py trains with --fusion late): no decoder ("lm" is off).
     return Case(
         name="mm_itc",
         label="MMForPreTraining (late; ITC loss)",
-        model=MMForPreTraining(_mm_late_config(sizes)),
+        model=MMForPreTraining(_mm_late_config(sizes, config_overrides)),
         inputs=_itc_inputs(sizes),
         loss_fn=lambda m, x: m(**x).loss,
         breakdown=("mm.vision_model", "mm.text_model"),
@@ -506,10 +511,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# Autocast dtype per device; None runs fp32. The weights and the AdamW state stay fp32 either way.
+# size_sweep.py's --dtype changes these.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"cpu": None, "cuda": torch.bfloat16}
+
+
 def _autocast(device: str) -> contextlib.AbstractContextManager:
-    # fp32 on CPU; bf16 autocast on CUDA (the weights and the AdamW state stay fp32).
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    # fp32 on CPU; bf16 autocast on CUDA (unless AUTOCAST_DTYPES says otherwise).
+    dtype = AUTOCAST_DTYPES.get(device)
+    if dtype is not None:
+        return torch.autocast(device, dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -604,8 +615,9 @@ def count_step_flops(case: Case, device: str) -> int:
 
 
 def make_matmul_fn(device: str, size: int) -> Callable[[], None]:
-    """One square `size` x `size` torch.mm (fp32 on CPU with all threads, bf16 on CUDA); `2 * size**3` FLOPs."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    """One square `size` x `size` torch.mm in the autocast dtype (fp32 on CPU with all threads, bf16 on CUDA);
+    `2 * size**3` FLOPs."""
+    dtype = AUTOCAST_DTYPES.get(device) or torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     return lambda: torch.mm(a, b)
@@ -971,6 +983,20 @@ def run_gradient_checkpointing_time(sizes: BenchSizes, device: str) -> dict:
     return {"off_s": _median(times["off"]), "on_s": _median(times["on"])}
 
 
+def make_vision_fn(
+    model: MMForPreTraining, pixel_values: torch.Tensor, keep: torch.Tensor | None, device: str
+) -> Callable[[], None]:
+    """Forward + backward of `model.mm.vision_model` alone over the kept patches `keep` (B, K) (all when None)."""
+
+    def run() -> None:
+        with _autocast(device):
+            out = model.mm.vision_model(pixel_values, image_keep_indices=keep)
+        out.last_hidden_state.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return run
+
+
 def run_flip(sizes: BenchSizes, device: str) -> list[dict]:
     """Step time and vision-tower forward + backward time at FLIP mask ratios 0 / 0.5 / 0.75 (train mode)."""
     case = build_case("mm_pretraining", sizes, device)
@@ -990,20 +1016,12 @@ def run_flip(sizes: BenchSizes, device: str) -> list[dict]:
 
         return run
 
-    def vision_at(ratio: float) -> Callable[[], None]:
-        def run() -> None:
-            with _autocast(device):
-                out = model.mm.vision_model(pixel_values, image_keep_indices=keep[ratio])
-            out.last_hidden_state.float().square().mean().backward()
-            model.zero_grad(set_to_none=True)
-
-        return run
-
     _log("FLIP: step at mask ratios " + " / ".join(map(str, ratios)))
     step_times = time_interleaved({r: step_at(r) for r in ratios}, sizes.warmup, sizes.iters, device)
     _log("FLIP: vision tower alone")
     vision_cpu: dict[float, list[float]] = {}
-    vision_times = time_interleaved({r: vision_at(r) for r in ratios}, sizes.warmup, sizes.iters, device, vision_cpu)
+    vision_fns = {r: make_vision_fn(model, pixel_values, keep[r], device) for r in ratios}
+    vision_times = time_interleaved(vision_fns, sizes.warmup, sizes.iters, device, vision_cpu)
     model.config.image_mask_ratio = 0.0
     rows = []
     for r in ratios:
@@ -1341,7 +1359,8 @@ def write_report(results: dict, out: Path, command: str) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Generated by `benchmarks/run_benchmarks.py`; every number below was measured in one run of:",
+        "Generated by `benchmarks/run_benchmarks.py`; every number below was measured in one run of the command "
+        "below, except in the sections that state their own (the size sweep of `benchmarks/size_sweep.py`):",
         "",
         "```",
         command,
@@ -1640,6 +1659,11 @@ def write_report(results: dict, out: Path, command: str) -> str:
                 prof, s["profile_steps"], peak, s["matmul_size"]
             )
     text = "\n".join(lines).rstrip() + "\n"
+    # Keep the size sweep's section (size_sweep.py writes it between these markers) when the rest is regenerated.
+    begin, end = "<!-- size-sweep:begin -->", "<!-- size-sweep:end -->"
+    old = Path(out).read_text() if Path(out).exists() else ""
+    if begin in old and end in old:
+        text += "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     Path(out).write_text(text)
     return text
 
