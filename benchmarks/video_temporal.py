@@ -34,6 +34,7 @@ from processing.moving_shapes import (  # noqa: E402
     generate_moving_shapes,
     load_moving_shapes,
 )
+from training.real_benchmark import clipped_step  # noqa: E402
 
 
 def encode_split(rows, processor: MMVideoProcessor, tokenizer, label2id: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -83,11 +84,7 @@ def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> 
                 pixel_values=visual(data, index, mode),
                 labels=data["labels"][index],
             ).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            clipped_step(model, loss, optimizer, schedule)
             step += 1
         print(f"[{mode}] epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)")
     return model.eval()

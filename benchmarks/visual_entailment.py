@@ -51,7 +51,7 @@ from processing.entailment import (  # noqa: E402
     label_balance,
     multi_hot,
 )
-from training.real_benchmark import _normalise, pixel_cache, update_results_section  # noqa: E402
+from training.real_benchmark import _normalise, clipped_step, pixel_cache, update_results_section  # noqa: E402
 
 
 __all__ = ["RESULTS_SECTION_TITLE", "TASKS", "VARIANTS", "TaskData", "main", "markdown", "run"]
@@ -269,11 +269,7 @@ def warm_start(config: MMConfig, data: TaskData, args: argparse.Namespace) -> di
             pixel_values=_normalise(data.pixels[index]),
             image_ids=data.caption_class[index],
         ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        clipped_step(model, loss, optimizer, schedule)
         losses.append(loss.item())
         if (step + 1) % max(1, min(100, steps // 5)) == 0:
             print(f"  [warm start, ITC] step {step + 1}/{steps} loss {np.mean(losses[-20:]):.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -300,11 +296,7 @@ def train(
         index = order[position : position + args.batch]
         position += args.batch
         loss = model(**_inputs(data, index, variant, *empty), labels=data.labels[index]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        clipped_step(model, loss, optimizer, schedule)
         losses.append(loss.item())
         if (step + 1) % max(1, min(100, args.steps // 5)) == 0:
             print(f"  [{variant}] step {step + 1}/{args.steps} loss {np.mean(losses[-20:]):.3f} ({time.perf_counter() - started:.0f} s)", flush=True)

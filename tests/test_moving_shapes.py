@@ -311,3 +311,29 @@ def test_pretraining_on_clip_caption_pairs_with_divided_attention(data_dir, tmp_
     assert MMProcessor.from_pretrained(str(out)).video_processor.num_frames == 4
     with pytest.raises(ValueError, match="--num_frames"):
         pretrain.main(tiny_pretrain_args(tower, str(tmp_path / "bad"), num_frames=4, vision_model_name_or_path=tower))
+
+
+def test_caption_level_recall_counts_any_item_with_the_querys_caption():
+    from benchmarks.video_text import caption_recall
+
+    captions = torch.tensor([0, 1, 1, 2])  # clips 1 and 2 share a caption
+    similarity = torch.tensor([[0.1, 0.9, 0.2, 0.3],   # clip 0 ranks text 1 first: a miss at 1, a hit at 4
+                               [0.2, 0.1, 0.8, 0.3],   # clip 1 ranks text 2 first: the same caption, a hit
+                               [0.3, 0.2, 0.7, 0.1],
+                               [0.0, 0.1, 0.2, 0.6]])
+    scores = caption_recall(similarity, captions, ks=(1, 4))
+    assert scores["video-to-text R@1"] == pytest.approx(0.75) and scores["video-to-text R@4"] == 1.0
+    # Text 0 ranks clip 2 first and text 1 clip 0 (misses); texts 2 and 3 rank clips 1 and 3 first (hits).
+    assert scores["text-to-video R@1"] == pytest.approx(0.5)
+
+
+def test_video_text_benchmark_runs_and_reports_both_tasks(data_dir, tmp_path):
+    from benchmarks.video_text import main
+
+    table = main(["--data_dir", str(data_dir), "--epochs", "1", "--batch", "8", "--hidden", "32", "--layers", "1",
+                  "--num_frames", "4", "--out", str(tmp_path / "report.md")])
+    assert "### retrieval" in table and "### captioning" in table
+    for row in ("(a) model", "(b) model, frames shuffled", "(c) frame average"):
+        assert table.count(f"| {row} |") == 2
+    assert "video-to-text R@5" in table and "EM direction" in table
+    assert (tmp_path / "report.md").read_text().startswith("# Video-text retrieval and video captioning")

@@ -80,6 +80,7 @@ __all__ = [
     "run_openclipart",
     "run_real_benchmark",
     "train_itc",
+    "clipped_step",
     "update_results_section",
     "zero_shot_accuracy",
 ]
@@ -1216,6 +1217,18 @@ def _write_markdown(results: dict, command: str, results_file: str | None) -> st
         for title, section in sections:
             update_results_section(results_file, section, title)
     return "\n".join(section for _, section in sections)
+
+
+def clipped_step(
+    model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule, max_norm: float = 1.0
+) -> None:
+    """One optimizer step of the benchmarks' plain training loops: backward, gradient norm clipped to `max_norm`,
+    step, learning-rate schedule step, gradients dropped."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def update_results_section(path: str, section: str, title: str = RESULTS_SECTION_TITLE) -> None:
