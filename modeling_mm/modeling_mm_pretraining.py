@@ -498,22 +498,38 @@ class MMForPreTraining(MMPreTrainedModel):
             image_bank, image_idx = self._queue_images(queue, image_bank, image_idx)
         return text_bank[text_idx], mask_bank[text_idx], image_bank, image_idx, labels, offset
 
+    def _append_partner_texts(
+        self, text_bank: torch.Tensor, mask_bank: torch.Tensor, input_ids: torch.LongTensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encodes partner texts `(N_p, L')` with the text tower (with gradient) and appends their states and masks to
+        the banks, both padded to the longer length."""
+        partners = self.mm.encode_text(input_ids, mask).last_hidden_state  # (N_p, L', D)
+        length = max(text_bank.shape[1], partners.shape[1])
+        text_bank = torch.cat([pad_length(text_bank, length), pad_length(partners, length)])
+        mask_bank = torch.cat([pad_length(mask_bank, length), pad_length(mask.to(mask_bank), length)])
+        return text_bank, mask_bank
+
+    def _append_partner_images(
+        self, image_bank: torch.Tensor, pixel_values: torch.Tensor, keep: torch.LongTensor | None = None
+    ) -> torch.Tensor:
+        """Encodes partner images with the vision tower (with gradient; FLIP masks drawn here in training unless
+        `keep` is given) and appends their states `(N_p, 1+K, Dv)` to the bank."""
+        if keep is None:
+            keep = self._vision_keep_indices(pixel_values, None)
+        partners = self.mm.encode_image(pixel_values, keep).last_hidden_state
+        return torch.cat([image_bank, partners])
+
     def _queue_texts(
         self, queue: "MMITCDistillation", text_bank: torch.Tensor, mask_bank: torch.Tensor, text_idx: torch.LongTensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.LongTensor]:
         """Encodes the queue texts that `text_idx` picked (indices >= len(text_bank)) once each and appends them to
         the bank; returns the bank and the indices into it."""
-        rows = text_bank.shape[0]
-        picked, text_idx = _remap_picks(text_idx, rows)
+        picked, text_idx = _remap_picks(text_idx, text_bank.shape[0])
         if picked.numel() == 0:
             return text_bank, mask_bank, text_idx
         ids, mask = queue.queue_input_ids[picked], queue.queue_attention_mask[picked]  # (N_q, L_q)
         length = int(mask.any(0).nonzero().max()) + 1  # the queue is padded to the longest text it ever held
-        ids, mask = ids[:, :length], mask[:, :length]
-        partners = self.mm.encode_text(ids, mask).last_hidden_state  # (N_q, L', D)
-        length = max(text_bank.shape[1], length)
-        text_bank = torch.cat([pad_length(text_bank, length), pad_length(partners, length)])
-        mask_bank = torch.cat([pad_length(mask_bank, length), pad_length(mask.to(mask_bank), length)])
+        text_bank, mask_bank = self._append_partner_texts(text_bank, mask_bank, ids[:, :length], mask[:, :length])
         return text_bank, mask_bank, text_idx
 
     def _queue_images(
@@ -524,9 +540,7 @@ class MMForPreTraining(MMPreTrainedModel):
         picked, image_idx = _remap_picks(image_idx, image_bank.shape[0])
         if picked.numel() == 0:
             return image_bank, image_idx
-        pixels = queue.queue_pixel_values[picked].to(image_bank.dtype)
-        partners = self.mm.encode_image(pixels, self._vision_keep_indices(pixels, None)).last_hidden_state
-        return torch.cat([image_bank, partners]), image_idx  # partners: (N_q, 1+K, Dv)
+        return self._append_partner_images(image_bank, queue.queue_pixel_values[picked]), image_idx
 
     def _given_itm_inputs(
         self,
@@ -542,16 +556,9 @@ class MMForPreTraining(MMPreTrainedModel):
             partner_mask = negatives.attention_mask
             if partner_mask is None:
                 partner_mask = torch.ones_like(negatives.input_ids)
-            partners = self.mm.encode_text(negatives.input_ids, partner_mask).last_hidden_state  # (N_t, L', D)
-            length = max(text_hidden.shape[1], partners.shape[1])
-            text_bank = torch.cat([pad_length(text_hidden, length), pad_length(partners, length)])
-            mask_bank = torch.cat([pad_length(attention_mask, length), pad_length(partner_mask, length)])
+            text_bank, mask_bank = self._append_partner_texts(text_bank, mask_bank, negatives.input_ids, partner_mask)
         if negatives.pixel_values is not None and negatives.pixel_values.shape[0] > 0:
-            keep = negatives.image_keep_indices
-            if keep is None:
-                keep = self._vision_keep_indices(negatives.pixel_values, None)
-            partners = self.mm.encode_image(negatives.pixel_values, keep).last_hidden_state  # (N_i, 1+K, Dv)
-            image_bank = torch.cat([image_hidden, partners])
+            image_bank = self._append_partner_images(image_bank, negatives.pixel_values, negatives.image_keep_indices)
         own = torch.arange(text_hidden.shape[0], device=text_hidden.device)
         text_idx, image_idx, labels = _hard_negative_pairs(negatives.text_for_image, negatives.image_for_text, own)
         return text_bank[text_idx], mask_bank[text_idx], image_bank, image_idx, labels
