@@ -105,8 +105,8 @@ def accuracy(model: MMForVisualQuestionAnswering, data: dict, mode: str, seed: i
     return {t: sum(c for c, k in zip(correct, data["types"]) if k == t) / data["types"].count(t) for t in QUESTION_TYPES}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The data, tower and training options the moving-shapes benchmarks share (this one and `video_text.py`)."""
     parser.add_argument("--data_dir", default="/tmp/moving_shapes")
     parser.add_argument("--num_train", type=int, default=3000, help="Clips to generate when --data_dir has none.")
     parser.add_argument("--num_test", type=int, default=600)
@@ -115,7 +115,6 @@ def main() -> None:
     parser.add_argument("--patch_size", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
     parser.add_argument("--video_attention", default="joint", choices=["joint", "divided"],
                         help="The ViT's attention over a clip: joint space-time, or TimeSformer's divided.")
     parser.add_argument("--patch_embedding_type", default="patchify", choices=["patchify", "conv_stem"])
@@ -125,6 +124,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    return parser
+
+
+def main() -> None:
+    parser = add_clip_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

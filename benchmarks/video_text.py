@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
 
-from benchmarks.video_temporal import visual  # noqa: E402
+from benchmarks.video_temporal import add_clip_arguments, visual  # noqa: E402
 from modeling_mm import MMConfig, MMForConditionalGeneration, MMForPreTraining  # noqa: E402
 from processing import MMVideoProcessor  # noqa: E402
 from processing.data import default_tokenizer_path  # noqa: E402
@@ -150,24 +150,8 @@ def build_config(args: argparse.Namespace, tokenizer, objectives: list[str]) -> 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default="/tmp/moving_shapes")
-    parser.add_argument("--num_train", type=int, default=3000, help="Clips to generate when --data_dir has none.")
-    parser.add_argument("--num_test", type=int, default=600)
-    parser.add_argument("--num_frames", type=int, default=8)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--patch_size", type=int, default=8)
-    parser.add_argument("--patch_embedding_type", default="patchify", choices=["patchify", "conv_stem"])
-    parser.add_argument("--video_attention", default="joint", choices=["joint", "divided"])
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=3)
+    parser = add_clip_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--tasks", nargs="+", default=["retrieval", "captioning"], choices=["retrieval", "captioning"])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None)
     return parser.parse_args(argv)
 
 
