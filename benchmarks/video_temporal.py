@@ -91,7 +91,9 @@ def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> 
 
 
 @torch.no_grad()
-def accuracy(model: MMForVisualQuestionAnswering, data: dict, mode: str, seed: int) -> dict[str, float]:
+def accuracy(
+    model: MMForVisualQuestionAnswering, data: dict, mode: str, seed: int, types: tuple[str, ...] = QUESTION_TYPES
+) -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     correct = []
     for start in range(0, len(data["labels"]), 256):
@@ -102,7 +104,7 @@ def accuracy(model: MMForVisualQuestionAnswering, data: dict, mode: str, seed: i
             pixel_values=visual(data, index, mode, generator),
         ).logits
         correct += (logits.argmax(-1) == data["labels"][index]).tolist()
-    return {t: sum(c for c, k in zip(correct, data["types"]) if k == t) / data["types"].count(t) for t in QUESTION_TYPES}
+    return {t: sum(c for c, k in zip(correct, data["types"]) if k == t) / data["types"].count(t) for t in types}
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -118,6 +120,8 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--video_attention", default="joint", choices=["joint", "divided"],
                         help="The ViT's attention over a clip: joint space-time, or TimeSformer's divided.")
     parser.add_argument("--patch_embedding_type", default="patchify", choices=["patchify", "conv_stem"])
+    parser.add_argument("--tubelet_size", type=int, default=1,
+                        help="Consecutive frames per video token (vision_config.tubelet_size).")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -130,12 +134,21 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def main() -> None:
     parser = add_clip_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
+    parser.add_argument("--question_types", default=",".join(QUESTION_TYPES),
+                        help="Comma-separated question types to train and test on (all by default).")
     args = parser.parse_args()
+    types = tuple(t for t in args.question_types.split(",") if t)
+    unknown = sorted(set(types) - set(QUESTION_TYPES))
+    if unknown or not types:
+        parser.error(f"--question_types: unknown {unknown or 'empty list'}; choose from {', '.join(QUESTION_TYPES)}.")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if not os.path.isfile(os.path.join(args.data_dir, "train.jsonl")):
         print(json.dumps(generate_moving_shapes(args.data_dir, num_train=args.num_train, num_test=args.num_test)))
     train_rows, test_rows = load_moving_shapes(args.data_dir)
+    if len(types) < len(QUESTION_TYPES):
+        train_rows = train_rows.filter(lambda row: row["question_type"] in types)
+        test_rows = test_rows.filter(lambda row: row["question_type"] in types)
     answers = list(dict.fromkeys(a for t in QUESTION_TYPES for a in ANSWERS[t]))
     label2id = {a: i for i, a in enumerate(answers)}
     tokenizer = BertTokenizerFast.from_pretrained(default_tokenizer_path())
@@ -151,7 +164,8 @@ def main() -> None:
     config = MMConfig(
         fusion=args.fusion,
         vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
-                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type, **tower),
+                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
+                           tubelet_size=args.tubelet_size, **tower),
         text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=32, **tower),
         num_fusion_layers=2,
         id2label=dict(enumerate(answers)),
@@ -160,13 +174,14 @@ def main() -> None:
     video_model = train(config, train_data, "video", args)
     average_model = train(config, train_data, "average", args)
     results = {
-        "(a) model": accuracy(video_model, test_data, "video", args.seed),
-        "(b) model, frames shuffled": accuracy(video_model, test_data, "shuffled", args.seed),
-        "(c) frame average": accuracy(average_model, test_data, "average", args.seed),
+        "(a) model": accuracy(video_model, test_data, "video", args.seed, types),
+        "(b) model, frames shuffled": accuracy(video_model, test_data, "shuffled", args.seed, types),
+        "(c) frame average": accuracy(average_model, test_data, "average", args.seed, types),
     }
     total_s = time.perf_counter() - started
 
     command = " ".join(["python benchmarks/video_temporal.py", *sys.argv[1:]])
+    tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
     lines = [
         f"Command: `{command}`",
         "",
@@ -174,20 +189,20 @@ def main() -> None:
         f"{len(test_data['labels'])} questions) from `{args.data_dir}`; {args.num_frames} frames sampled by count, "
         f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, built-in ViT "
         f"(patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, {args.video_attention} "
-        f"space-time attention) and text tower, hidden {args.hidden}, {args.layers} "
+        f"space-time attention{tubelet}) and text tower, hidden {args.hidden}, {args.layers} "
         f"layers, {sum(p.numel() for p in video_model.parameters()) / 1e6:.2f} M parameters; AdamW lr {args.lr} "
         f"(one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. {platform.processor() or platform.machine()}, "
         f"{args.threads} thread(s), torch {torch.__version__}; {total_s / 60:.1f} min in all (decoding {decode_s:.0f} s).",
         "",
-        "| test accuracy | " + " | ".join(QUESTION_TYPES) + " |",
-        "|---|" + "---:|" * len(QUESTION_TYPES),
+        "| test accuracy | " + " | ".join(types) + " |",
+        "|---|" + "---:|" * len(types),
     ]
     for name, row in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * row[t]:.1f}%" for t in QUESTION_TYPES) + " |")
-    lines.append("| chance (1 / answers of the type) | " + " | ".join(f"{100 / len(ANSWERS[t]):.1f}%" for t in QUESTION_TYPES) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[t]:.1f}%" for t in types) + " |")
+    lines.append("| chance (1 / answers of the type) | " + " | ".join(f"{100 / len(ANSWERS[t]):.1f}%" for t in types) + " |")
     lines.append(
         "| time-blind ceiling | "
-        + " | ".join("50.0%" if t in TEMPORAL_QUESTION_TYPES else "100.0%" for t in QUESTION_TYPES)
+        + " | ".join("50.0%" if t in TEMPORAL_QUESTION_TYPES else "100.0%" for t in types)
         + " |"
     )
     table = "\n".join(lines)

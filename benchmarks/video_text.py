@@ -140,7 +140,8 @@ def build_config(args: argparse.Namespace, tokenizer, objectives: list[str]) -> 
     return MMConfig(
         fusion="late",
         vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
-                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type, **tower),
+                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
+                           tubelet_size=args.tubelet_size, **tower),
         text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=32, bos_token_id=tokenizer.cls_token_id,
                          eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, **tower),
         num_decoder_layers=args.layers,

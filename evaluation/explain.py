@@ -91,9 +91,11 @@ def _visual(inputs: dict) -> torch.Tensor:
 
 
 def _patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int, int, int]:
-    """`(frames, H_p, W_p)` of the patch grid the vision side sees for these pixels."""
-    patch = _base(model).config.vision_config.patch_size
-    frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+    """`(frames, H_p, W_p)` of the patch grid the vision side sees for these pixels (a tubelet of frames is one
+    token frame)."""
+    vision = _base(model).config.vision_config
+    patch = vision.patch_size
+    frames = pixel_values.shape[1] // getattr(vision, "tubelet_size", 1) if pixel_values.ndim == 5 else 1
     return frames, pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
 
 

@@ -72,6 +72,13 @@ class MMVisionConfig(PreTrainedConfig):
             averaged after); `T * (1 + N)^2` instead of `(1 + T * N)^2` attention scores. The temporal attention's
             output projection starts at zero and is skipped for one-frame inputs, so an image checkpoint loads into
             a divided video model and computes what it computed on images. FLIP masking is refused for clips then.
+        tubelet_size (`int`): Consecutive frames per video token (ViViT's tubelet embedding, Arnab et al. 2021, sec.
+            3.2; VideoMAE's `tubelet_size`). Each token is the patch projection of the tubelet's mean frame plus a
+            zero-initialised `tubelet_embedding` (a linear map of the tubelet's frames, stacked), so a token sees how
+            its patch changes from frame to frame (motion) before any attention, and an image checkpoint loads with
+            only `tubelet_embedding` new and computes what it computed on images. A clip of `T` frames gives
+            `T / tubelet_size` token frames (`T` must be a multiple); `num_frames` counts input frames and must be a
+            multiple too. An image is embedded as a still clip of `tubelet_size` frames.
     """
 
     model_type = "mm_vision_model"
@@ -93,6 +100,7 @@ class MMVisionConfig(PreTrainedConfig):
     qkv_bias: bool = True
     patch_embedding_type: str = "patchify"
     video_attention: str = "joint"
+    tubelet_size: int = 1
 
     def __post_init__(self, **kwargs):
         _check_positive(
@@ -106,9 +114,14 @@ class MMVisionConfig(PreTrainedConfig):
                 "num_attention_heads",
                 "intermediate_size",
                 "num_frames",
+                "tubelet_size",
             ),
         )
         _check_heads(self)
+        if self.num_frames % self.tubelet_size != 0:
+            raise ValueError(
+                f"MMVisionConfig.num_frames ({self.num_frames}) must be a multiple of tubelet_size ({self.tubelet_size})."
+            )
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"MMVisionConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})."

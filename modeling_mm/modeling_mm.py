@@ -561,10 +561,20 @@ class MMVisionEmbeddings(nn.Module):
             self.stem = nn.Sequential(*layers)
             patch = patch >> depth
         self.patch_embedding = nn.Conv2d(in_channels, self.hidden_size, kernel_size=patch, stride=patch)
+        self.tubelet_size = getattr(config, "tubelet_size", 1)
+        self.tubelet_embedding = None
+        if self.tubelet_size > 1:
+            # ViViT's tubelet embedding as a correction to the image projection of the tubelet's mean frame: it starts
+            # at zero, so an image checkpoint loads and embeds the mean frame as before.
+            self.tubelet_embedding = nn.Conv2d(
+                self.tubelet_size * in_channels, self.hidden_size, kernel_size=patch, stride=patch, bias=False
+            )
+            self.tubelet_embedding._zero_init = True
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.hidden_size))
         self.position_embedding = nn.Parameter(torch.zeros(1, 1 + self.grid**2, self.hidden_size))
+        token_frames = config.num_frames // self.tubelet_size
         self.temporal_embedding = (
-            nn.Parameter(torch.zeros(1, config.num_frames, 1, self.hidden_size)) if config.num_frames > 1 else None
+            nn.Parameter(torch.zeros(1, token_frames, 1, self.hidden_size)) if token_frames > 1 else None
         )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -581,8 +591,10 @@ class MMVisionEmbeddings(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, keep_indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, int]:
-        """Returns `(embeddings (B, 1 + kept_tokens, D), frames)`; `keep_indices` (B, K) selects patch tokens (FLIP)."""
+        """Returns `(embeddings (B, 1 + kept_tokens, D), token frames)`; `keep_indices` (B, K) selects patch tokens
+        (FLIP). Token frames are the clip's frames over `tubelet_size` (1 for an image)."""
         video = pixel_values.ndim == 5
+        tubelet = self.tubelet_size
         if video:
             batch, frames = pixel_values.shape[:2]
             pixel_values = pixel_values.flatten(0, 1)  # (B*T, C, H, W)
@@ -593,24 +605,41 @@ class MMVisionEmbeddings(nn.Module):
             raise ValueError(
                 f"pixel_values height and width ({height}x{width}) must be multiples of patch_size {self.patch_size}."
             )
-        if video and (self.temporal_embedding is None or frames > self.temporal_embedding.shape[1]):
-            supported = 1 if self.temporal_embedding is None else self.temporal_embedding.shape[1]
+        supported = self.config.num_frames if self.temporal_embedding is not None or tubelet > 1 else 1
+        if video and (frames > supported or (supported == 1 and tubelet == 1)):
             raise ValueError(
                 f"pixel_values has {frames} frames but vision_config.num_frames is {supported}; set num_frames "
                 "to at least the clip length."
             )
+        if video and frames % tubelet:
+            raise ValueError(
+                f"pixel_values has {frames} frames, not a multiple of vision_config.tubelet_size ({tubelet}); sample "
+                f"a multiple of {tubelet} frames per clip."
+            )
         pixel_values = pixel_values.to(self.patch_embedding.weight.dtype)
         if self.stem is not None:
             pixel_values = self.stem(pixel_values)
+        tubelets = None
+        if self.tubelet_embedding is not None:
+            if video:
+                pixel_values = pixel_values.unflatten(0, (batch * frames // tubelet, tubelet))  # (B*T/k, k, C, H, W)
+                tubelets, pixel_values = pixel_values.flatten(1, 2), pixel_values.mean(1)
+            else:  # an image is a still clip of one tubelet
+                tubelets = pixel_values.repeat(1, tubelet, 1, 1)
+            frames = max(frames // tubelet, 1)
         positions = self._patch_positions(height, width)  # (1, N, D)
         if self.temporal_embedding is not None:
             # An image is a one-frame clip: it gets frame 0's embedding (zero-initialised, so an image checkpoint
             # loads unchanged), which also keeps the parameter in use when a video model trains on images.
             positions = (positions.unsqueeze(1) + self.temporal_embedding[:, :frames]).flatten(1, 2)  # (1, T*N, D)
         tokens = positions.shape[1]
-        if keep_indices is None:
-            patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # (B*T, N, D)
-            return self._with_cls(patches.reshape(batch, tokens, self.hidden_size) + positions), frames
+        if keep_indices is None or tubelets is not None:
+            patches = self.patch_embedding(pixel_values)
+            if tubelets is not None:
+                patches = patches + self.tubelet_embedding(tubelets)
+            patches = patches.flatten(2).transpose(1, 2).reshape(batch, tokens, self.hidden_size)  # (B, T*N, D)
+            if keep_indices is None:
+                return self._with_cls(patches + positions), frames
         valid = keep_indices.ndim == 2 and keep_indices.shape[0] == batch and keep_indices.numel() > 0
         if not valid or (_eager_checks() and (int(keep_indices.min()) < 0 or int(keep_indices.max()) >= tokens)):
             span = f", values in [{int(keep_indices.min())}, {int(keep_indices.max())}]" if keep_indices.numel() else ""
@@ -621,7 +650,9 @@ class MMVisionEmbeddings(nn.Module):
         # FLIP (Li et al. 2023): only the kept patches are embedded and encoded, so compute falls with the mask ratio.
         # The patch projection is a convolution with kernel = stride, i.e. a linear map of each patch's pixels.
         index = keep_indices.unsqueeze(-1).expand(-1, -1, self.hidden_size)
-        if type(self.patch_embedding) is nn.Conv2d:
+        if tubelets is not None:  # embedded above, whole
+            patches = patches.gather(1, index)
+        elif type(self.patch_embedding) is nn.Conv2d:
             kernel = self.patch_embedding.kernel_size
             pixels = nn.functional.unfold(pixel_values, kernel, stride=kernel).transpose(1, 2)  # (B*T, N, C*k*k)
             pixels = pixels.reshape(batch, tokens, -1)

@@ -274,7 +274,7 @@ class MMForPreTraining(MMPreTrainedModel):
         if image_keep_indices is not None or self.config.image_mask_ratio == 0 or self.config.fusion == "early":
             return image_keep_indices
         vision = self.config.vision_config
-        frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+        frames = pixel_values.shape[1] // getattr(vision, "tubelet_size", 1) if pixel_values.ndim == 5 else 1
         tokens = frames * (pixel_values.shape[-2] // vision.patch_size) * (pixel_values.shape[-1] // vision.patch_size)
         return random_keep_indices(pixel_values.shape[0], tokens, self.config.image_mask_ratio, pixel_values.device)
 

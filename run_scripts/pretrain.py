@@ -90,6 +90,13 @@ class ModelArguments:
             "choices": ["joint", "divided"],
         },
     )
+    tubelet_size: int = field(
+        default=1,
+        metadata={
+            "help": "Built-in ViT with --num_frames > 1: consecutive frames per video token (ViViT tubelets, "
+            "VideoMAE's tubelet_size); --num_frames must be a multiple."
+        },
+    )
     vision_hidden_size: int = field(default=256, metadata={"help": "Built-in ViT: width."})
     vision_num_layers: int = field(default=4, metadata={"help": "Built-in ViT: layers."})
     vision_num_heads: int = field(default=4, metadata={"help": "Built-in ViT: attention heads."})
@@ -141,13 +148,13 @@ class ModelArguments:
                 f"--objective_weights has {len(self.objective_weights)} values for {len(self.objectives)} objectives "
                 f"{self.objectives}: give one weight per objective, in the same order."
             )
-        if (self.num_frames > 1 or self.video_attention != "joint") and (
+        if (self.num_frames > 1 or self.video_attention != "joint" or self.tubelet_size > 1) and (
             self.vision_model_name_or_path or self.model_name_or_path
         ):
             raise ValueError(
-                "--num_frames / --video_attention build a new built-in ViT; a checkpoint given with "
+                "--num_frames / --video_attention / --tubelet_size build a new built-in ViT; a checkpoint given with "
                 "--vision_model_name_or_path / --model_name_or_path keeps its own vision config (set num_frames and "
-                "video_attention there, or video_temporal_layers for CLIP / CNN towers)."
+                "video_attention / tubelet_size there, or video_temporal_layers for CLIP / CNN towers)."
             )
 
     def weights(self) -> dict[str, float]:
@@ -272,6 +279,7 @@ def build_model(model_args: ModelArguments) -> MMForPreTraining:
             patch_embedding_type=model_args.patch_embedding_type,
             num_frames=model_args.num_frames,
             video_attention=model_args.video_attention,
+            tubelet_size=model_args.tubelet_size,
             hidden_size=model_args.vision_hidden_size,
             num_hidden_layers=model_args.vision_num_layers,
             num_attention_heads=model_args.vision_num_heads,

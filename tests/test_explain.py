@@ -292,6 +292,16 @@ def test_video_gives_one_map_per_frame(processor, fusion, method):
     assert patch_map.min() == 0.0 and patch_map.max() == 1.0  # scaled jointly over both frames
 
 
+@pytest.mark.parametrize("fusion,method", [("early", "rollout"), ("late", "occlusion"), ("hybrid", "gradcam")])
+def test_a_tubelet_video_model_gives_one_map_per_token_frame(processor, fusion, method):
+    config = _tester(processor).get_config(fusion, objectives=None)
+    config.vision_config.num_frames, config.vision_config.tubelet_size = 4, 2
+    torch.manual_seed(0)
+    model = MMForPreTraining(config).eval()
+    patch_map, _ = relevance_map(model, processor, [_image(i) for i in range(4)], TEXT, method=method)
+    assert patch_map.shape == (2, GRID, GRID)  # frames 0-1 and 2-3 are one token frame each
+
+
 def test_wide_images_keep_their_aspect(processor):
     model = _model(processor, "hybrid")
     patch_map, _ = relevance_map(model, processor, _image(0, IMAGE_SIZE, 2 * IMAGE_SIZE), TEXT,

@@ -311,6 +311,8 @@ def test_pretraining_on_clip_caption_pairs_with_divided_attention(data_dir, tmp_
     assert MMProcessor.from_pretrained(str(out)).video_processor.num_frames == 4
     with pytest.raises(ValueError, match="--num_frames"):
         pretrain.main(tiny_pretrain_args(tower, str(tmp_path / "bad"), num_frames=4, vision_model_name_or_path=tower))
+    with pytest.raises(ValueError, match="--tubelet_size"):
+        pretrain.main(tiny_pretrain_args(tower, str(tmp_path / "bad"), tubelet_size=2, vision_model_name_or_path=tower))
 
 
 def test_caption_level_recall_counts_any_item_with_the_querys_caption():

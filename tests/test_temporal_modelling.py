@@ -214,3 +214,77 @@ def test_a_vqa_head_with_the_temporal_encoder_trains_and_checks_its_inputs():
         MMModelTester().get_config("hybrid", video_temporal_layers=1)
     with pytest.raises(ValueError, match="video_temporal_layers"):
         _clip_tower_config(layers=-1)
+
+
+# -- tubelet embedding -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("video_attention", ["joint", "divided"])
+def test_a_tubelet_token_is_the_mean_frame_patch_plus_a_map_of_the_stacked_frames(video_attention):
+    model = _vision(video_attention, tubelet_size=2)
+    embeddings = model.embeddings
+    assert embeddings.tubelet_embedding.in_channels == 6 and not embeddings.tubelet_embedding.weight.any()
+    assert embeddings.temporal_embedding.shape == (1, FRAMES // 2, 1, 32)  # one per token frame
+    _train_temporal_parts(model)
+    with torch.no_grad():
+        embeddings.tubelet_embedding.weight.normal_(std=0.1)
+        clips = _clips()
+        tokens, frames = embeddings(clips)
+        assert frames == FRAMES // 2 and tokens.shape == (2, 1 + 2 * 16, 32)
+        for t in range(2):  # token frame t covers input frames 2t and 2t+1
+            pair = clips[:, 2 * t : 2 * t + 2]
+            expected = embeddings.patch_embedding(pair.mean(1)) + embeddings.tubelet_embedding(pair.flatten(1, 2))
+            expected = expected.flatten(2).transpose(1, 2) + embeddings.position_embedding[:, 1:]
+            expected = expected + embeddings.temporal_embedding[:, t]
+            torch.testing.assert_close(tokens[:, 1 + 16 * t : 1 + 16 * (t + 1)], expected)
+        # Within a tubelet, order matters through the stacked map: swapping its two frames changes the output.
+        swapped = model(clips[:, [1, 0, 3, 2]]).pooler_output
+        assert (model(clips).pooler_output - swapped).abs().max() > 1e-3
+
+
+def test_an_image_checkpoint_loads_into_a_tubelet_model_and_embeds_images_and_still_clips_the_same(tmp_path):
+    image_model = _vision("joint", num_frames=1)
+    image_model.save_pretrained(tmp_path)
+    video_model, info = MMVisionModel.from_pretrained(
+        tmp_path, num_frames=FRAMES, tubelet_size=2, output_loading_info=True
+    )
+    assert not info["unexpected_keys"]
+    assert set(info["missing_keys"]) == {"embeddings.tubelet_embedding.weight", "embeddings.temporal_embedding"}
+    images = _clips()[:, 0]
+    with torch.no_grad():
+        expected = image_model(images).last_hidden_state
+        torch.testing.assert_close(video_model.eval()(images).last_hidden_state, expected)
+        # A still clip of one tubelet is the image; untrained, a longer clip's tubelet embeds its mean frame.
+        torch.testing.assert_close(video_model(images[:, None].expand(-1, 2, -1, -1, -1)).last_hidden_state, expected)
+        clips = _clips()
+        tokens, _ = video_model.embeddings(clips)
+        image_tokens, _ = image_model.embeddings(clips[:, 2:].mean(1))
+        torch.testing.assert_close(tokens[:, 17:], image_tokens[:, 1:])
+
+
+def test_tubelet_sizes_that_do_not_divide_the_frames_are_refused():
+    with pytest.raises(ValueError, match=r"num_frames \(6\) must be a multiple of tubelet_size \(4\)"):
+        MMVisionConfig(num_frames=6, tubelet_size=4)
+    with pytest.raises(ValueError, match="tubelet_size"):
+        MMVisionConfig(tubelet_size=0)
+    model = _vision(tubelet_size=2)
+    with pytest.raises(ValueError, match=r"pixel_values has 3 frames, not a multiple of vision_config.tubelet_size \(2\)"):
+        model(_clips(frames=3))
+    with pytest.raises(ValueError, match="pixel_values has 6 frames but vision_config.num_frames is 4"):
+        model(_clips(frames=6))
+
+
+def test_tubelet_clips_train_with_flip_masks_and_pretrain():
+    """FLIP keep indices count token frames (T / tubelet_size), and the pretraining model trains on clips."""
+    tester = MMModelTester(num_frames=4)
+    config = tester.get_config(fusion="late", objectives=["itc"], image_mask_ratio=0.5)
+    config.vision_config.tubelet_size = 2
+    torch.manual_seed(0)
+    model = MMForPreTraining(config).train()
+    inputs = tester.get_inputs(video=True)
+    grid = (tester.image_size // tester.patch_size) ** 2
+    keep = model._vision_keep_indices(inputs["pixel_values"], None)
+    assert keep.shape[1] == grid and int(keep.max()) < 2 * grid  # half of 2 token frames' patches
+    loss = model(**inputs, return_loss=True).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.mm.vision_model.embeddings.tubelet_embedding.weight.grad.abs().sum() > 0
