@@ -605,11 +605,12 @@ class MMVisionEmbeddings(nn.Module):
             raise ValueError(
                 f"pixel_values height and width ({height}x{width}) must be multiples of patch_size {self.patch_size}."
             )
-        supported = self.config.num_frames if self.temporal_embedding is not None or tubelet > 1 else 1
-        if video and (frames > supported or (supported == 1 and tubelet == 1)):
+        # A tower without temporal embeddings takes no clips, unless one tubelet is the whole clip.
+        supported = self.config.num_frames if self.temporal_embedding is not None or tubelet > 1 else 0
+        if video and frames > supported:
             raise ValueError(
-                f"pixel_values has {frames} frames but vision_config.num_frames is {supported}; set num_frames "
-                "to at least the clip length."
+                f"pixel_values has {frames} frames but vision_config.num_frames is {self.config.num_frames}; set "
+                "num_frames to at least the clip length."
             )
         if video and frames % tubelet:
             raise ValueError(
