@@ -8,8 +8,11 @@ Writes the data first when `--data_dir` has none (`mm make-moving-shapes`). Fram
 (`--num_frames` sampled by count, resized to `--image_size`) once and are cached in memory; the model is
 `MMForVisualQuestionAnswering` with the built-in ViT (`vision_config.num_frames` set, so the zero-initialised temporal
 embeddings are used) and the built-in text tower, trained from scratch with AdamW on the CPU. Chance is
-`1 / len(ANSWERS[type])`; the time-blind ceiling is what a model that sees every frame but not their order can reach
-(it narrows each temporal answer to two: the axis of motion, the two shapes, the two colours).
+`1 / len(ANSWERS[type])`. With `--vision_checkpoint DIR` (e.g. the ImageNet EfficientNet-Lite0 from
+`mm convert-efficientnet-lite --output_dir DIR`) that tower replaces the built-in ViT: it encodes each frame, and
+`--video_temporal_layers` Transformer layers over the per-frame states model time (`MMConfig.video_temporal_layers`);
+`--freeze_vision_tower` keeps it as loaded. The time-blind ceiling is what a model that sees every frame but not
+their order can reach (it narrows each temporal answer to two: the axis of motion, the two shapes, the two colours).
 """
 
 import argparse
@@ -22,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from transformers import BertTokenizerFast  # noqa: E402
+from transformers import AutoConfig, BertTokenizerFast  # noqa: E402
 
 from modeling_mm import MMConfig, MMForVisualQuestionAnswering  # noqa: E402
 from processing import MMVideoProcessor  # noqa: E402
@@ -65,10 +68,26 @@ def visual(data: dict, index: torch.Tensor, mode: str, generator: torch.Generato
     return clips
 
 
+def build_model(config: MMConfig, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
+    """A fresh model from `config`, or, with `--vision_checkpoint`, one whose vision tower is loaded from that folder
+    (frames encoded one by one, then `--video_temporal_layers` layers over time) and the rest as in `config`."""
+    if not args.vision_checkpoint:
+        return MMForVisualQuestionAnswering(config)
+    fields = {k: getattr(config, k) for k in ("fusion", "num_fusion_layers", "id2label", "label2id",
+                                                 "video_temporal_layers", "video_max_frames")}
+    return MMForVisualQuestionAnswering.from_vision_text_pretrained(
+        args.vision_checkpoint, text_config=config.text_config, **fields
+    )
+
+
 def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
     torch.manual_seed(args.seed)
-    model = MMForVisualQuestionAnswering(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    model = build_model(config, args).train()
+    if args.freeze_vision_tower:
+        # A frozen tower keeps its checkpoint's weights and batch-norm statistics (eval mode throughout).
+        model.mm.vision_model.requires_grad_(False).eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     num_rows = len(data["labels"])
     steps = args.epochs * (num_rows // args.batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
@@ -131,16 +150,30 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Runs the benchmark; returns the report table."""
     parser = add_clip_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
+    parser.add_argument("--vision_checkpoint", default=None,
+                        help="Folder of a vision tower to start from (e.g. `mm convert-efficientnet-lite`), used frame "
+                             "by frame under --video_temporal_layers; replaces the built-in ViT and its options.")
+    parser.add_argument("--video_temporal_layers", type=int, default=1,
+                        help="Temporal layers over the per-frame states of a --vision_checkpoint tower.")
+    parser.add_argument("--freeze_vision_tower", action="store_true",
+                        help="Keep the --vision_checkpoint tower frozen; train the temporal layers, text tower and head.")
     parser.add_argument("--question_types", default=",".join(QUESTION_TYPES),
                         help="Comma-separated question types to train and test on (all by default).")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     types = tuple(t for t in args.question_types.split(",") if t)
     unknown = sorted(set(types) - set(QUESTION_TYPES))
     if unknown or not types:
         parser.error(f"--question_types: unknown {unknown or 'empty list'}; choose from {', '.join(QUESTION_TYPES)}.")
+    if args.vision_checkpoint and (args.tubelet_size != 1 or args.video_attention != "joint"
+                                   or args.patch_embedding_type != "patchify"):
+        parser.error("--tubelet_size / --video_attention / --patch_embedding_type shape the built-in ViT; "
+                     "with --vision_checkpoint, time is modelled by --video_temporal_layers.")
+    if args.freeze_vision_tower and not args.vision_checkpoint:
+        parser.error("--freeze_vision_tower keeps a pretrained tower as it is; it needs --vision_checkpoint.")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if not os.path.isfile(os.path.join(args.data_dir, "train.jsonl")):
@@ -161,15 +194,28 @@ def main() -> None:
     tower = dict(
         hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4, intermediate_size=4 * args.hidden
     )
+    if args.vision_checkpoint:
+        # A tower from another checkpoint encodes frame by frame; time comes from the temporal layers on top.
+        vision_config = AutoConfig.from_pretrained(args.vision_checkpoint)
+        temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames)
+        tower_text = (f"`{vision_config.model_type}` tower from `{args.vision_checkpoint}` (frame by frame, "
+                      f"{args.video_temporal_layers} temporal layer(s)){', frozen' if args.freeze_vision_tower else ''}")
+    else:
+        vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
+                             video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
+                             tubelet_size=args.tubelet_size, **tower)
+        temporal = {}
+        tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
+        tower_text = (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, "
+                      f"{args.video_attention} space-time attention{tubelet})")
     config = MMConfig(
         fusion=args.fusion,
-        vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
-                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
-                           tubelet_size=args.tubelet_size, **tower),
+        vision_config=vision_config,
         text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=32, **tower),
         num_fusion_layers=2,
         id2label=dict(enumerate(answers)),
         label2id=label2id,
+        **temporal,
     )
     video_model = train(config, train_data, "video", args)
     average_model = train(config, train_data, "average", args)
@@ -180,17 +226,15 @@ def main() -> None:
     }
     total_s = time.perf_counter() - started
 
-    command = " ".join(["python benchmarks/video_temporal.py", *sys.argv[1:]])
-    tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
+    command = " ".join(["python benchmarks/video_temporal.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
         f"Command: `{command}`",
         "",
         f"Data: {len(train_data['clips'])} train / {len(test_data['clips'])} test clips ({len(train_data['labels'])} / "
         f"{len(test_data['labels'])} questions) from `{args.data_dir}`; {args.num_frames} frames sampled by count, "
-        f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, built-in ViT "
-        f"(patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, {args.video_attention} "
-        f"space-time attention{tubelet}) and text tower, hidden {args.hidden}, {args.layers} "
-        f"layers, {sum(p.numel() for p in video_model.parameters()) / 1e6:.2f} M parameters; AdamW lr {args.lr} "
+        f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, {tower_text} "
+        f"and the built-in text tower (hidden {args.hidden}, {args.layers} layers), "
+        f"{sum(p.numel() for p in video_model.parameters()) / 1e6:.2f} M parameters; AdamW lr {args.lr} "
         f"(one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. {platform.processor() or platform.machine()}, "
         f"{args.threads} thread(s), torch {torch.__version__}; {total_s / 60:.1f} min in all (decoding {decode_s:.0f} s).",
         "",
@@ -210,6 +254,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write("# Video questions that need time\n\n" + table + "\n")
+    return table
 
 
 if __name__ == "__main__":

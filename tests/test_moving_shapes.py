@@ -339,3 +339,41 @@ def test_video_text_benchmark_runs_and_reports_both_tasks(data_dir, tmp_path):
         assert table.count(f"| {row} |") == 2
     assert "video-to-text R@5" in table and "EM direction" in table
     assert (tmp_path / "report.md").read_text().startswith("# Video-text retrieval and video captioning")
+
+
+def _tiny_cnn_tower(directory: str) -> str:
+    from modeling_mm import MMEfficientNetLiteConfig, MMEfficientNetLiteModel
+
+    config = MMEfficientNetLiteConfig(
+        image_size=32, stem_channels=8, stage_channels=[8, 12, 16], stage_depths=[1, 1, 1], stage_strides=[1, 2, 2],
+        stage_kernel_sizes=[3, 3, 3], stage_expand_ratios=[1, 2, 2], hidden_size=32,
+    )
+    MMEfficientNetLiteModel(config).save_pretrained(directory)
+    return directory
+
+
+def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(data_dir, tmp_path, monkeypatch):
+    """`video_temporal.py --vision_checkpoint DIR --freeze_vision_tower`: the tower keeps its saved weights, the
+    temporal layer over its per-frame states trains, and the report names the tower."""
+    from safetensors.torch import load_file
+
+    import benchmarks.video_temporal as bench
+
+    tower = _tiny_cnn_tower(str(tmp_path / "cnn"))
+    argv = ["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "2",
+            "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4", "--question_types", "order,static"]
+    models, real_train = [], bench.train
+    monkeypatch.setattr(bench, "train", lambda *args, **kwargs: models.append(real_train(*args, **kwargs)) or models[-1])
+    table = bench.main(argv)
+    assert "`mm_efficientnet_lite` tower from" in table and "1 temporal layer(s)), frozen" in table
+    assert "| test accuracy | order | static |" in table and table.count("| (a) model |") == 1
+    saved = load_file(f"{tower}/model.safetensors")
+    video_model = models[0]
+    for name, value in video_model.mm.vision_model.state_dict().items():
+        torch.testing.assert_close(value, saved[name], msg=f"frozen tower changed: {name}")
+    encoder = video_model.mm.temporal_encoder
+    assert encoder is not None and encoder.frame_embedding.abs().sum() > 0  # zero-initialised, so it trained
+    with pytest.raises(SystemExit):
+        bench.main(["--data_dir", str(data_dir), "--freeze_vision_tower"])  # nothing to freeze
+    with pytest.raises(SystemExit):
+        bench.main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--tubelet_size", "2"])
