@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--video_temporal_layers", type=int, default=1,
                         help="Temporal layers over the per-frame states of a --vision_checkpoint tower.")
     parser.add_argument("--freeze_vision_tower", action="store_true",
-                        help="Keep the --vision_checkpoint tower frozen; train the temporal layers, text tower and head.")
+                        help="Keep the --vision_checkpoint tower frozen; train the temporal layers, text tower and "
+                             "head.")
     parser.add_argument("--question_types", default=",".join(QUESTION_TYPES),
                         help="Comma-separated question types to train and test on (all by default).")
     args = parser.parse_args(argv)
@@ -198,16 +199,17 @@ def main(argv: list[str] | None = None) -> str:
         # A tower from another checkpoint encodes frame by frame; time comes from the temporal layers on top.
         vision_config = AutoConfig.from_pretrained(args.vision_checkpoint)
         temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames)
+        frozen = ", frozen" if args.freeze_vision_tower else ""
         tower_text = (f"`{vision_config.model_type}` tower from `{args.vision_checkpoint}` (frame by frame, "
-                      f"{args.video_temporal_layers} temporal layer(s)){', frozen' if args.freeze_vision_tower else ''}")
+                      f"{args.video_temporal_layers} temporal layer(s)){frozen}")
     else:
         vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
                              video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
                              tubelet_size=args.tubelet_size, **tower)
         temporal = {}
         tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
-        tower_text = (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, "
-                      f"{args.video_attention} space-time attention{tubelet})")
+        tower_text = (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, "
+                      f"`num_frames={args.num_frames}`, {args.video_attention} space-time attention{tubelet})")
     config = MMConfig(
         fusion=args.fusion,
         vision_config=vision_config,

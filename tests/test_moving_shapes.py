@@ -363,7 +363,12 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
     argv = ["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "2",
             "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4", "--question_types", "order,static"]
     models, real_train = [], bench.train
-    monkeypatch.setattr(bench, "train", lambda *args, **kwargs: models.append(real_train(*args, **kwargs)) or models[-1])
+
+    def train_and_keep(*args, **kwargs):
+        models.append(real_train(*args, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr(bench, "train", train_and_keep)
     table = bench.main(argv)
     assert "`mm_efficientnet_lite` tower from" in table and "1 temporal layer(s)), frozen" in table
     assert "| test accuracy | order | static |" in table and table.count("| (a) model |") == 1
