@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from transformers import AutoConfig, BertTokenizerFast  # noqa: E402
+from transformers import AutoConfig, BertTokenizerFast, PreTrainedConfig, PreTrainedModel  # noqa: E402
 
 from modeling_mm import MMConfig, MMForVisualQuestionAnswering  # noqa: E402
 from processing import MMVideoProcessor  # noqa: E402
@@ -68,26 +68,62 @@ def visual(data: dict, index: torch.Tensor, mode: str, generator: torch.Generato
     return clips
 
 
-def build_model(config: MMConfig, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
-    """A fresh model from `config`, or, with `--vision_checkpoint`, one whose vision tower is loaded from that folder
-    (frames encoded one by one, then `--video_temporal_layers` layers over time) and the rest as in `config`."""
+def vision_tower(args: argparse.Namespace) -> tuple[dict | PreTrainedConfig, dict, str]:
+    """The vision side of the moving-shapes models: the vision config, the `MMConfig` fields it needs and a line
+    describing it. The built-in ViT models time itself; a `--vision_checkpoint` tower encodes frame by frame and
+    `--video_temporal_layers` layers over its per-frame states model time."""
+    if args.vision_checkpoint:
+        vision_config = AutoConfig.from_pretrained(args.vision_checkpoint)
+        temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames)
+        frozen = ", frozen" if args.freeze_vision_tower else ""
+        return vision_config, temporal, (f"`{vision_config.model_type}` tower from `{args.vision_checkpoint}` (frame "
+                                         f"by frame, {args.video_temporal_layers} temporal layer(s)){frozen}")
+    tower = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
+                 intermediate_size=4 * args.hidden)
+    vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
+                         video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
+                         tubelet_size=args.tubelet_size, **tower)
+    tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
+    return vision_config, {}, (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, "
+                               f"`num_frames={args.num_frames}`, {args.video_attention} space-time attention{tubelet})")
+
+
+def build_model(model_class: type[PreTrainedModel], config: MMConfig, args: argparse.Namespace) -> PreTrainedModel:
+    """A fresh `model_class` from `config`, or, with `--vision_checkpoint`, one whose vision tower is loaded from that
+    folder (frozen with `--freeze_vision_tower`) and the rest as in `config`."""
     if not args.vision_checkpoint:
-        return MMForVisualQuestionAnswering(config)
-    fields = {k: getattr(config, k) for k in ("fusion", "num_fusion_layers", "id2label", "label2id",
-                                                 "video_temporal_layers", "video_max_frames")}
-    return MMForVisualQuestionAnswering.from_vision_text_pretrained(
-        args.vision_checkpoint, text_config=config.text_config, **fields
-    )
+        return model_class(config)
+    towers = ("vision_config", "text_config", "model_type", "transformers_version")
+    fields = {k: v for k, v in config.to_diff_dict().items() if k not in towers}
+    model = model_class.from_vision_text_pretrained(args.vision_checkpoint, text_config=config.text_config, **fields)
+    if args.freeze_vision_tower:
+        model.mm.vision_model.requires_grad_(False)
+    return model
+
+
+def start_training(model: PreTrainedModel) -> list[torch.nn.Parameter]:
+    """Puts `model` in training mode and a frozen vision tower in eval mode (no dropout, its batch-norm statistics as
+    loaded); returns the parameters to optimise."""
+    model.train()
+    if not any(p.requires_grad for p in model.mm.vision_model.parameters()):
+        model.mm.vision_model.eval()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def check_tower_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses built-in-ViT options with a --vision_checkpoint tower, and --freeze_vision_tower without one."""
+    if args.vision_checkpoint and (args.tubelet_size != 1 or args.video_attention != "joint"
+                                   or args.patch_embedding_type != "patchify"):
+        parser.error("--tubelet_size / --video_attention / --patch_embedding_type shape the built-in ViT; "
+                     "with --vision_checkpoint, time is modelled by --video_temporal_layers.")
+    if args.freeze_vision_tower and not args.vision_checkpoint:
+        parser.error("--freeze_vision_tower keeps a pretrained tower as it is; it needs --vision_checkpoint.")
 
 
 def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
     torch.manual_seed(args.seed)
-    model = build_model(config, args).train()
-    if args.freeze_vision_tower:
-        # A frozen tower keeps its checkpoint's weights and batch-norm statistics (eval mode throughout).
-        model.mm.vision_model.requires_grad_(False).eval()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
+    model = build_model(MMForVisualQuestionAnswering, config, args)
+    optimizer = torch.optim.AdamW(start_training(model), lr=args.lr, weight_decay=0.01)
     num_rows = len(data["labels"])
     steps = args.epochs * (num_rows // args.batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
@@ -141,6 +177,14 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--patch_embedding_type", default="patchify", choices=["patchify", "conv_stem"])
     parser.add_argument("--tubelet_size", type=int, default=1,
                         help="Consecutive frames per video token (vision_config.tubelet_size).")
+    parser.add_argument("--vision_checkpoint", default=None,
+                        help="Folder of a vision tower to start from (e.g. `mm convert-efficientnet-lite`), used frame "
+                             "by frame under --video_temporal_layers; replaces the built-in ViT and its options.")
+    parser.add_argument("--video_temporal_layers", type=int, default=1,
+                        help="Temporal layers over the per-frame states of a --vision_checkpoint tower.")
+    parser.add_argument("--freeze_vision_tower", action="store_true",
+                        help="Keep the --vision_checkpoint tower as loaded; the temporal layers and everything else "
+                             "train.")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -154,14 +198,6 @@ def main(argv: list[str] | None = None) -> str:
     """Runs the benchmark; returns the report table."""
     parser = add_clip_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--fusion", default="late", choices=["late", "hybrid"])
-    parser.add_argument("--vision_checkpoint", default=None,
-                        help="Folder of a vision tower to start from (e.g. `mm convert-efficientnet-lite`), used frame "
-                             "by frame under --video_temporal_layers; replaces the built-in ViT and its options.")
-    parser.add_argument("--video_temporal_layers", type=int, default=1,
-                        help="Temporal layers over the per-frame states of a --vision_checkpoint tower.")
-    parser.add_argument("--freeze_vision_tower", action="store_true",
-                        help="Keep the --vision_checkpoint tower frozen; train the temporal layers, text tower and "
-                             "head.")
     parser.add_argument("--question_types", default=",".join(QUESTION_TYPES),
                         help="Comma-separated question types to train and test on (all by default).")
     args = parser.parse_args(argv)
@@ -169,12 +205,7 @@ def main(argv: list[str] | None = None) -> str:
     unknown = sorted(set(types) - set(QUESTION_TYPES))
     if unknown or not types:
         parser.error(f"--question_types: unknown {unknown or 'empty list'}; choose from {', '.join(QUESTION_TYPES)}.")
-    if args.vision_checkpoint and (args.tubelet_size != 1 or args.video_attention != "joint"
-                                   or args.patch_embedding_type != "patchify"):
-        parser.error("--tubelet_size / --video_attention / --patch_embedding_type shape the built-in ViT; "
-                     "with --vision_checkpoint, time is modelled by --video_temporal_layers.")
-    if args.freeze_vision_tower and not args.vision_checkpoint:
-        parser.error("--freeze_vision_tower keeps a pretrained tower as it is; it needs --vision_checkpoint.")
+    check_tower_arguments(parser, args)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if not os.path.isfile(os.path.join(args.data_dir, "train.jsonl")):
@@ -195,21 +226,7 @@ def main(argv: list[str] | None = None) -> str:
     tower = dict(
         hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4, intermediate_size=4 * args.hidden
     )
-    if args.vision_checkpoint:
-        # A tower from another checkpoint encodes frame by frame; time comes from the temporal layers on top.
-        vision_config = AutoConfig.from_pretrained(args.vision_checkpoint)
-        temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames)
-        frozen = ", frozen" if args.freeze_vision_tower else ""
-        tower_text = (f"`{vision_config.model_type}` tower from `{args.vision_checkpoint}` (frame by frame, "
-                      f"{args.video_temporal_layers} temporal layer(s)){frozen}")
-    else:
-        vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
-                             video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
-                             tubelet_size=args.tubelet_size, **tower)
-        temporal = {}
-        tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
-        tower_text = (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, "
-                      f"`num_frames={args.num_frames}`, {args.video_attention} space-time attention{tubelet})")
+    vision_config, temporal, tower_text = vision_tower(args)
     config = MMConfig(
         fusion=args.fusion,
         vision_config=vision_config,

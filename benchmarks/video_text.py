@@ -25,7 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
 
-from benchmarks.video_temporal import add_clip_arguments, visual  # noqa: E402
+from benchmarks.video_temporal import (  # noqa: E402
+    add_clip_arguments,
+    build_model,
+    check_tower_arguments,
+    start_training,
+    vision_tower,
+    visual,
+)
 from modeling_mm import MMConfig, MMForConditionalGeneration, MMForPreTraining  # noqa: E402
 from processing import MMVideoProcessor  # noqa: E402
 from processing.data import default_tokenizer_path  # noqa: E402
@@ -63,8 +70,7 @@ def encode_clips(rows, processor: MMVideoProcessor, tokenizer, caption_ids: dict
 
 def train(model: torch.nn.Module, data: dict, mode: str, args: argparse.Namespace, task: str) -> torch.nn.Module:
     torch.manual_seed(args.seed)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(start_training(model), lr=args.lr, weight_decay=0.01)
     rows = len(data["clip"])
     steps = args.epochs * (rows // args.batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
@@ -137,11 +143,11 @@ def caption_scores(model: MMForConditionalGeneration, data: dict, mode: str, see
 def build_config(args: argparse.Namespace, tokenizer, objectives: list[str]) -> MMConfig:
     tower = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
                  intermediate_size=4 * args.hidden)
+    vision_config, temporal, _ = vision_tower(args)
     return MMConfig(
         fusion="late",
-        vision_config=dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
-                           video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
-                           tubelet_size=args.tubelet_size, **tower),
+        vision_config=vision_config,
+        **temporal,
         text_config=dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=32, bos_token_id=tokenizer.cls_token_id,
                          eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, **tower),
         num_decoder_layers=args.layers,
@@ -153,7 +159,9 @@ def build_config(args: argparse.Namespace, tokenizer, objectives: list[str]) -> 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = add_clip_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--tasks", nargs="+", default=["retrieval", "captioning"], choices=["retrieval", "captioning"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_tower_arguments(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -175,9 +183,9 @@ def main(argv: list[str] | None = None) -> str:
         for train_mode in ("video", "average"):
             torch.manual_seed(args.seed)
             if task == "retrieval":
-                model = MMForPreTraining(build_config(args, tokenizer, ["itc"]))
+                model = build_model(MMForPreTraining, build_config(args, tokenizer, ["itc"]), args)
             else:
-                model = MMForConditionalGeneration(build_config(args, tokenizer, ["lm"]))
+                model = build_model(MMForConditionalGeneration, build_config(args, tokenizer, ["lm"]), args)
             models[train_mode] = train(model, train_data, train_mode, args, task)
         results[task] = {}
         for name, (train_mode, test_mode) in MODES.items():  # (b) tests (a)'s model on shuffled frames
@@ -195,9 +203,8 @@ def main(argv: list[str] | None = None) -> str:
         "",
         f"Data: {len(train_data['clip'])} train / {len(test_data['clip'])} test clips from `{args.data_dir}`, one caption "
         f"each ({len(set(test_data['captions']))} distinct test captions); {args.num_frames} frames by count, "
-        f"{args.image_size} px. Models: late fusion, built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, "
-        f"{args.video_attention} space-time attention) and text tower / decoder, hidden {args.hidden}, {args.layers} "
-        f"layers; AdamW lr {args.lr} (one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. "
+        f"{args.image_size} px. Models: late fusion, {vision_tower(args)[2]} and the built-in text tower / decoder "
+        f"(hidden {args.hidden}, {args.layers} layers); AdamW lr {args.lr} (one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. "
         f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; "
         f"{total_s / 60:.1f} min in all (decoding {decode_s:.0f} s).",
     ]

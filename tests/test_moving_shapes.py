@@ -382,3 +382,14 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
         bench.main(["--data_dir", str(data_dir), "--freeze_vision_tower"])  # nothing to freeze
     with pytest.raises(SystemExit):
         bench.main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--tubelet_size", "2"])
+
+
+def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, tmp_path):
+    from benchmarks.video_text import main
+
+    tower = _tiny_cnn_tower(str(tmp_path / "cnn"))
+    table = main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "1",
+                  "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4"])
+    assert "`mm_efficientnet_lite` tower from" in table and "### retrieval" in table and "### captioning" in table
+    with pytest.raises(SystemExit):
+        main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--video_attention", "divided"])
