@@ -10,7 +10,9 @@ objective (clips sharing a caption are positives of each other), R@1/5 in both d
 Captioning: `MMForConditionalGeneration` (late fusion), greedy decoding, exact match of the whole caption, per
 caption type (the clip's temporal question type: direction, order, change). A time-blind model can tell the axis of
 motion, the two shapes, the two colours, but not which way round, so its exact match on those captions is bounded by
-about half of what a model that sees time gets.
+about half of what a model that sees time gets. The tower options are `video_temporal.py`'s: the built-in ViT, or a
+`--vision_checkpoint` tower (e.g. the converted EfficientNet-Lite0) encoding frame by frame under
+`--video_temporal_layers`, optionally `--freeze_vision_tower`.
 """
 
 import argparse
