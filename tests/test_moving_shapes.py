@@ -23,6 +23,7 @@ from processing.moving_shapes import (
     write_mp4,
 )
 from processing.sources import prepare_dataset
+from test_real_datasets import _tiny_effnet_dir
 
 
 av = pytest.importorskip("av", reason="moving-shapes clips are MP4 files written and read with PyAV")
@@ -341,17 +342,6 @@ def test_video_text_benchmark_runs_and_reports_both_tasks(data_dir, tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# Video-text retrieval and video captioning")
 
 
-def _tiny_cnn_tower(directory: str) -> str:
-    from modeling_mm import MMEfficientNetLiteConfig, MMEfficientNetLiteModel
-
-    config = MMEfficientNetLiteConfig(
-        image_size=32, stem_channels=8, stage_channels=[8, 12, 16], stage_depths=[1, 1, 1], stage_strides=[1, 2, 2],
-        stage_kernel_sizes=[3, 3, 3], stage_expand_ratios=[1, 2, 2], hidden_size=32,
-    )
-    MMEfficientNetLiteModel(config).save_pretrained(directory)
-    return directory
-
-
 def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(data_dir, tmp_path, monkeypatch):
     """`video_temporal.py --vision_checkpoint DIR --freeze_vision_tower`: the tower keeps its saved weights, the
     temporal layer over its per-frame states trains, and the report names the tower."""
@@ -359,7 +349,7 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
 
     import benchmarks.video_temporal as bench
 
-    tower = _tiny_cnn_tower(str(tmp_path / "cnn"))
+    tower = _tiny_effnet_dir(str(tmp_path / "cnn"))
     argv = ["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "2",
             "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4", "--question_types", "order,static"]
     models, real_train = [], bench.train
@@ -387,7 +377,7 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
 def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, tmp_path):
     from benchmarks.video_text import main
 
-    tower = _tiny_cnn_tower(str(tmp_path / "cnn"))
+    tower = _tiny_effnet_dir(str(tmp_path / "cnn"))
     table = main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "1",
                   "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4"])
     assert "`mm_efficientnet_lite` tower from" in table and "### retrieval" in table and "### captioning" in table
