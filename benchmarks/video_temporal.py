@@ -68,24 +68,29 @@ def visual(data: dict, index: torch.Tensor, mode: str, generator: torch.Generato
     return clips
 
 
-def vision_tower(args: argparse.Namespace) -> tuple[dict | PreTrainedConfig, dict, str]:
-    """The vision side of the moving-shapes models: the vision config, the `MMConfig` fields it needs and a line
-    describing it. The built-in ViT models time itself; a `--vision_checkpoint` tower encodes frame by frame and
-    `--video_temporal_layers` layers over its per-frame states model time."""
+def vision_tower(args: argparse.Namespace, tower: dict) -> tuple[dict | PreTrainedConfig, dict]:
+    """The vision side of the moving-shapes models: the vision config and the `MMConfig` fields it needs. The built-in
+    ViT (sized by `tower`, as the text tower) models time itself; a `--vision_checkpoint` tower encodes frame by frame
+    and `--video_temporal_layers` layers over its per-frame states model time."""
     if args.vision_checkpoint:
-        vision_config = AutoConfig.from_pretrained(args.vision_checkpoint)
         temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames)
-        frozen = ", frozen" if args.freeze_vision_tower else ""
-        return vision_config, temporal, (f"`{vision_config.model_type}` tower from `{args.vision_checkpoint}` (frame "
-                                         f"by frame, {args.video_temporal_layers} temporal layer(s)){frozen}")
-    tower = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
-                 intermediate_size=4 * args.hidden)
+        return AutoConfig.from_pretrained(args.vision_checkpoint), temporal
     vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
                          video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
                          tubelet_size=args.tubelet_size, **tower)
+    return vision_config, {}
+
+
+def describe_vision_tower(args: argparse.Namespace) -> str:
+    """The vision tower in the words of the reports."""
+    if args.vision_checkpoint:
+        frozen = ", frozen" if args.freeze_vision_tower else ""
+        model_type = AutoConfig.from_pretrained(args.vision_checkpoint).model_type
+        return (f"`{model_type}` tower from `{args.vision_checkpoint}` (frame by frame, {args.video_temporal_layers} "
+                f"temporal layer(s)){frozen}")
     tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
-    return vision_config, {}, (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, "
-                               f"`num_frames={args.num_frames}`, {args.video_attention} space-time attention{tubelet})")
+    return (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, "
+            f"{args.video_attention} space-time attention{tubelet})")
 
 
 def build_model(model_class: type[PreTrainedModel], config: MMConfig, args: argparse.Namespace) -> PreTrainedModel:
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> str:
     tower = dict(
         hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4, intermediate_size=4 * args.hidden
     )
-    vision_config, temporal, tower_text = vision_tower(args)
+    vision_config, temporal = vision_tower(args, tower)
     config = MMConfig(
         fusion=args.fusion,
         vision_config=vision_config,
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> str:
         "",
         f"Data: {len(train_data['clips'])} train / {len(test_data['clips'])} test clips ({len(train_data['labels'])} / "
         f"{len(test_data['labels'])} questions) from `{args.data_dir}`; {args.num_frames} frames sampled by count, "
-        f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, {tower_text} "
+        f"{args.image_size} px. Model: `MMForVisualQuestionAnswering`, {args.fusion} fusion, {describe_vision_tower(args)} "
         f"and the built-in text tower (hidden {args.hidden}, {args.layers} layers), "
         f"{sum(p.numel() for p in video_model.parameters()) / 1e6:.2f} M parameters; AdamW lr {args.lr} "
         f"(one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. {platform.processor() or platform.machine()}, "

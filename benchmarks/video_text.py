@@ -31,6 +31,7 @@ from benchmarks.video_temporal import (  # noqa: E402
     add_clip_arguments,
     build_model,
     check_tower_arguments,
+    describe_vision_tower,
     start_training,
     vision_tower,
     visual,
@@ -145,7 +146,7 @@ def caption_scores(model: MMForConditionalGeneration, data: dict, mode: str, see
 def build_config(args: argparse.Namespace, tokenizer, objectives: list[str]) -> MMConfig:
     tower = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
                  intermediate_size=4 * args.hidden)
-    vision_config, temporal, _ = vision_tower(args)
+    vision_config, temporal = vision_tower(args, tower)
     return MMConfig(
         fusion="late",
         vision_config=vision_config,
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> str:
         "",
         f"Data: {len(train_data['clip'])} train / {len(test_data['clip'])} test clips from `{args.data_dir}`, one caption "
         f"each ({len(set(test_data['captions']))} distinct test captions); {args.num_frames} frames by count, "
-        f"{args.image_size} px. Models: late fusion, {vision_tower(args)[2]} and the built-in text tower / decoder "
+        f"{args.image_size} px. Models: late fusion, {describe_vision_tower(args)} and the built-in text tower / decoder "
         f"(hidden {args.hidden}, {args.layers} layers); AdamW lr {args.lr} (one-cycle), batch {args.batch}, {args.epochs} epochs, seed {args.seed}. "
         f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; "
         f"{total_s / 60:.1f} min in all (decoding {decode_s:.0f} s).",
