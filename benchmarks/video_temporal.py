@@ -37,6 +37,7 @@ from processing.moving_shapes import (  # noqa: E402
     generate_moving_shapes,
     load_moving_shapes,
 )
+from training.lora import freeze_parts  # noqa: E402
 from training.real_benchmark import clipped_step  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def build_model(model_class: type[PreTrainedModel], config: MMConfig, args: argp
     fields = {k: v for k, v in config.to_diff_dict().items() if k not in towers}
     model = model_class.from_vision_text_pretrained(args.vision_checkpoint, text_config=config.text_config, **fields)
     if args.freeze_vision_tower:
-        model.mm.vision_model.requires_grad_(False)
+        freeze_parts(model, {"vision": "frozen"})  # the tower only: the temporal layers over it still train
     return model
 
 
