@@ -10,7 +10,8 @@ Writes the data first when `--data_dir` has none (`mm make-moving-shapes`). Fram
 embeddings are used) and the built-in text tower, trained from scratch with AdamW on the CPU. Chance is
 `1 / len(ANSWERS[type])`. With `--vision_checkpoint DIR` (e.g. the ImageNet EfficientNet-Lite0 from
 `mm convert-efficientnet-lite --output_dir DIR`) that tower replaces the built-in ViT: it encodes each frame, and
-`--video_temporal_layers` Transformer layers over the per-frame states model time (`MMConfig.video_temporal_layers`);
+`--video_temporal_layers` Transformer layers over the per-frame states model time (`MMConfig.video_temporal_layers`),
+or, with `--video_temporal_tokens N`, over all N tokens of every frame with spatial embeddings;
 `--freeze_vision_tower` keeps it as loaded. The time-blind ceiling is what a model that sees every frame but not
 their order can reach (it narrows each temporal answer to two: the axis of motion, the two shapes, the two colours).
 """
@@ -74,7 +75,8 @@ def vision_tower(args: argparse.Namespace, tower: dict) -> tuple[dict | PreTrain
     ViT (sized by `tower`, as the text tower) models time itself; a `--vision_checkpoint` tower encodes frame by frame
     and `--video_temporal_layers` layers over its per-frame states model time."""
     if args.vision_checkpoint:
-        temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames)
+        temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames,
+                        video_temporal_tokens=args.video_temporal_tokens)
         return AutoConfig.from_pretrained(args.vision_checkpoint), temporal
     vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
                          video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
@@ -87,8 +89,10 @@ def describe_vision_tower(args: argparse.Namespace) -> str:
     if args.vision_checkpoint:
         frozen = ", frozen" if args.freeze_vision_tower else ""
         model_type = AutoConfig.from_pretrained(args.vision_checkpoint).model_type
+        over = (f" over all {args.video_temporal_tokens} tokens of each frame" if args.video_temporal_tokens
+                else " over pooled frame states")
         return (f"`{model_type}` tower from `{args.vision_checkpoint}` (frame by frame, {args.video_temporal_layers} "
-                f"temporal layer(s)){frozen}")
+                f"temporal layer(s){over}){frozen}")
     tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
     return (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, "
             f"{args.video_attention} space-time attention{tubelet})")
@@ -124,6 +128,9 @@ def check_tower_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
                      "with --vision_checkpoint, time is modelled by --video_temporal_layers.")
     if args.freeze_vision_tower and not args.vision_checkpoint:
         parser.error("--freeze_vision_tower keeps a pretrained tower as it is; it needs --vision_checkpoint.")
+    if args.video_temporal_tokens and not args.vision_checkpoint:
+        parser.error("--video_temporal_tokens shapes the temporal layers over a --vision_checkpoint tower; the "
+                     "built-in ViT models time itself.")
 
 
 def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
@@ -188,6 +195,10 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              "by frame under --video_temporal_layers; replaces the built-in ViT and its options.")
     parser.add_argument("--video_temporal_layers", type=int, default=1,
                         help="Temporal layers over the per-frame states of a --vision_checkpoint tower.")
+    parser.add_argument("--video_temporal_tokens", type=int, default=0,
+                        help="0: the temporal layers read each frame's pooled state; N: they read all N tokens of "
+                             "every frame with spatial embeddings (MMConfig.video_temporal_tokens; N = "
+                             "(image_size / 32) ** 2 for the CNN tower).")
     parser.add_argument("--freeze_vision_tower", action="store_true",
                         help="Keep the --vision_checkpoint tower as loaded; the temporal layers and everything else "
                              "train.")

@@ -375,6 +375,13 @@ class MMConfig(PreTrainedConfig):
             starts from the frame average. 0 (default): the pooled state is the frame average (time-blind). The
             built-in ViT models time itself (`vision_config.num_frames`, `vision_config.video_attention`).
         video_max_frames (`int`): Frames the temporal layers' frame embeddings cover (with `video_temporal_layers`).
+        video_temporal_tokens (`int`): With `video_temporal_layers`: 0 (default) runs the layers over each frame's
+            pooled state only. N > 0 runs them over all N tokens of every frame (`T * N` tokens, joint space-time
+            attention), each with its frame's embedding and a learned embedding of its place in the frame, so they
+            can follow *where* things are from frame to frame (a frame's pooled state has lost that); the fusion layers
+            then read the layers' output tokens, and the clip's pooled state is the frame average plus the layers'
+            mean update. N must equal the tower's tokens per frame (e.g. `(image_size / 32) ** 2` for the CNN tower;
+            a frame with another count raises, naming both). Its embeddings start at zero like the frame embeddings.
     """
 
     model_type = "mm"
@@ -401,6 +408,7 @@ class MMConfig(PreTrainedConfig):
     loss_chunk_size: int | None = None
     video_temporal_layers: int = 0
     video_max_frames: int = 16
+    video_temporal_tokens: int = 0
 
     def __post_init__(self, **kwargs):
         self.vision_config = _build_sub_config(self.vision_config, MMVisionConfig, "vision_config")
@@ -442,6 +450,13 @@ class MMConfig(PreTrainedConfig):
                 f"MMConfig.video_temporal_layers must be a non-negative integer, got {self.video_temporal_layers!r}."
             )
         _check_positive(self, ("video_max_frames",))
+        tokens = self.video_temporal_tokens
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ValueError(f"MMConfig.video_temporal_tokens must be a non-negative integer, got {tokens!r}.")
+        if tokens and not self.video_temporal_layers:
+            raise ValueError(
+                f"MMConfig.video_temporal_tokens={tokens} needs video_temporal_layers >= 1 (the layers that read them)."
+            )
         if self.video_temporal_layers and (isinstance(self.vision_config, MMVisionConfig) or self.fusion == "early"):
             raise ValueError(
                 "MMConfig.video_temporal_layers is for vision towers that encode clips frame by frame (CLIP, SigLIP, "

@@ -912,6 +912,8 @@ class MMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, MMFrameTemporalEncoder):
             init.zeros_(module.frame_embedding)
+            if module.spatial_embedding is not None:
+                init.zeros_(module.spatial_embedding)
         elif isinstance(module, MMVisionEmbeddings):
             init.trunc_normal_(module.cls_token, std=std)
             init.trunc_normal_(module.position_embedding, std=std)
@@ -1145,9 +1147,13 @@ class MMFrameTemporalEncoder(nn.Module):
     `(B, T, Dv)`; their mean is the clip's pooled state. The frame embeddings are also added to each frame's token
     states, so fusion layers reading them know the frame order.
 
-    The frame embeddings and every residual branch (`out_proj`, `fc2`) start at zero
-    (`MMPreTrainedModel._init_weights`), so an untrained encoder returns the frame average and the tokens unchanged,
-    what the model computes without one."""
+    With `config.video_temporal_tokens = N`, the layers run over all `T * N` token states instead, each with its
+    frame's embedding and a learned spatial embedding of its place in the frame (a pooled state no longer says where
+    a shape is, which the direction of a motion needs); their outputs are the tokens fusion reads, and the clip's
+    pooled state is the frame average plus the layers' update averaged over all tokens.
+
+    The embeddings and every residual branch (`out_proj`, `fc2`) start at zero (`MMPreTrainedModel._init_weights`),
+    so an untrained encoder returns the frame average and the tokens unchanged, what the model computes without one."""
 
     def __init__(self, config: MMConfig):
         super().__init__()
@@ -1161,6 +1167,10 @@ class MMFrameTemporalEncoder(nn.Module):
         layer_config._attn_implementation = config._attn_implementation or "sdpa"
         self.max_frames = config.video_max_frames
         self.frame_embedding = nn.Parameter(torch.zeros(1, config.video_max_frames, width))
+        self.tokens_per_frame = config.video_temporal_tokens
+        self.spatial_embedding = (
+            nn.Parameter(torch.zeros(1, 1, self.tokens_per_frame, width)) if self.tokens_per_frame else None
+        )
         self.layers = nn.ModuleList([MMLayer(layer_config, layer_idx=i) for i in range(config.video_temporal_layers)])
         for layer in self.layers:
             layer.self_attn.out_proj._zero_init = layer.mlp.fc2._zero_init = True
@@ -1174,8 +1184,20 @@ class MMFrameTemporalEncoder(nn.Module):
                 f"The clip has {frames} frames but config.video_max_frames is {self.max_frames}; raise video_max_frames."
             )
         embedding = self.frame_embedding[:, :frames]  # (1, T, Dv)
-        states = run_layers(self.layers, frame_states + embedding).last_hidden_state  # (B, T, Dv)
-        return states.mean(1), tokens + embedding.unsqueeze(2)
+        if self.spatial_embedding is None:
+            states = run_layers(self.layers, frame_states + embedding).last_hidden_state  # (B, T, Dv)
+            return states.mean(1), tokens + embedding.unsqueeze(2)
+        batch, _, count, width = tokens.shape
+        if count != self.tokens_per_frame:
+            raise ValueError(
+                f"The vision tower gives {count} tokens per frame but config.video_temporal_tokens is "
+                f"{self.tokens_per_frame}; set video_temporal_tokens={count} (the count depends on the tower and the "
+                "image size) or 0 to run the temporal layers over pooled frame states."
+            )
+        inputs = tokens + embedding.unsqueeze(2) + self.spatial_embedding  # (B, T, N, Dv)
+        states = run_layers(self.layers, inputs.flatten(1, 2)).last_hidden_state.reshape(batch, frames, count, width)
+        update = (states - inputs).mean(dim=(1, 2))  # (B, Dv): what the layers added, over all tokens
+        return frame_states.mean(1) + update, states
 
 
 def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:

@@ -360,7 +360,7 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
 
     monkeypatch.setattr(bench, "train", train_and_keep)
     table = bench.main(argv)
-    assert "`mm_efficientnet_lite` tower from" in table and "1 temporal layer(s)), frozen" in table
+    assert "`mm_efficientnet_lite` tower from" in table and "1 temporal layer(s) over pooled frame states), frozen" in table
     assert "| test accuracy | order | static |" in table and table.count("| (a) model |") == 1
     saved = load_file(f"{tower}/model.safetensors")
     video_model = models[0]
@@ -372,6 +372,8 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
         bench.main(["--data_dir", str(data_dir), "--freeze_vision_tower"])  # nothing to freeze
     with pytest.raises(SystemExit):
         bench.main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--tubelet_size", "2"])
+    with pytest.raises(SystemExit):  # the built-in ViT has no per-frame tokens for temporal layers to read
+        bench.main(["--data_dir", str(data_dir), "--video_temporal_tokens", "4"])
 
 
 def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, tmp_path):
@@ -379,7 +381,9 @@ def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, 
 
     tower = _tiny_effnet_dir(str(tmp_path / "cnn"))
     table = main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "1",
-                  "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4"])
+                  "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4",
+                  "--video_temporal_tokens", "16"])  # the tiny tower's 4x4 map of a 32-px frame
     assert "`mm_efficientnet_lite` tower from" in table and "### retrieval" in table and "### captioning" in table
+    assert "1 temporal layer(s) over all 16 tokens of each frame" in table
     with pytest.raises(SystemExit):
         main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--video_attention", "divided"])

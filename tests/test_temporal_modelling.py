@@ -163,11 +163,15 @@ def _clip_tower_config(fusion: str = "hybrid", layers: int = 1, **kwargs) -> MMC
                     video_temporal_layers=layers, video_max_frames=8, **kwargs)
 
 
-def test_the_temporal_encoder_starts_as_the_frame_average():
+CLIP_TOKENS = 1 + (16 // 4) ** 2  # per frame: [CLS] + a 4x4 patch grid
+
+
+@pytest.mark.parametrize("tokens", [0, CLIP_TOKENS], ids=["pooled-states", "all-tokens"])
+def test_the_temporal_encoder_starts_as_the_frame_average(tokens):
     torch.manual_seed(0)
     averaging = MMModel(_clip_tower_config(layers=0)).eval()
     torch.manual_seed(0)
-    temporal = MMModel(_clip_tower_config(layers=2)).eval()
+    temporal = MMModel(_clip_tower_config(layers=2, video_temporal_tokens=tokens)).eval()
     assert isinstance(temporal.temporal_encoder, MMFrameTemporalEncoder) and averaging.temporal_encoder is None
     temporal.load_state_dict(averaging.state_dict(), strict=False)  # the same tower weights
     clips = _clips()
@@ -197,6 +201,68 @@ def test_the_temporal_encoder_sees_frame_order_where_the_average_cannot():
     tokens = pooled.last_hidden_state.reshape(2, FRAMES, -1, 32)
     moved = shuffled.last_hidden_state.reshape(2, FRAMES, -1, 32)
     assert (tokens[:, order] - moved).abs().max() > 1e-3
+
+
+def _moving_feature(reverse: bool, frames: int = 4, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states `(1, T, T, D)` of a clip in which one feature vector sits at token t in frame t (or T-1-t), on an
+    otherwise constant background, and the frames' pooled states (the token mean, as the CNN tower pools): the two
+    directions have the same pooled state in every frame."""
+    generator = torch.Generator().manual_seed(3)
+    background, feature = torch.randn(width, generator=generator), torch.randn(width, generator=generator)
+    tokens = background.expand(1, frames, frames, width).clone()
+    for t in range(frames):
+        tokens[0, t, frames - 1 - t if reverse else t] = feature
+    return tokens.mean(2), tokens
+
+
+def test_temporal_layers_over_all_tokens_see_the_way_a_feature_moves_which_pooled_frame_states_hide():
+    encoders = {}
+    for tokens in (0, 4):
+        torch.manual_seed(0)
+        encoder = MMFrameTemporalEncoder(_clip_tower_config(layers=1, video_temporal_tokens=tokens))
+        _train_temporal_parts(encoder)
+        with torch.no_grad():
+            if encoder.spatial_embedding is not None:
+                encoder.spatial_embedding.normal_(0, 0.2)
+            for layer in encoder.layers:
+                layer.self_attn.out_proj.weight.normal_(0, 0.2)
+                layer.mlp.fc2.weight.normal_(0, 0.2)
+        encoders[tokens] = encoder.eval()
+    (states, rightwards), (same_states, leftwards) = _moving_feature(False), _moving_feature(True)
+    torch.testing.assert_close(states, same_states)
+    with torch.no_grad():
+        pooled_a, tokens_a = encoders[0](states, rightwards)
+        pooled_b, tokens_b = encoders[0](same_states, leftwards)
+        torch.testing.assert_close(pooled_a, pooled_b)  # pooled frame states cannot tell the two motions apart
+        pooled_a, tokens_a = encoders[4](states, rightwards)
+        pooled_b, tokens_b = encoders[4](same_states, leftwards)
+    assert tokens_a.shape == (1, 4, 4, 32)
+    assert (pooled_a - pooled_b).abs().max() > 1e-3
+    # Not only the moved tokens differ: the background tokens, equal in both clips, now read the motion too.
+    assert (tokens_a[0, 0, 1:3] - tokens_b[0, 0, 1:3]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="gives 5 tokens per frame but config.video_temporal_tokens is 4"):
+        encoders[4](states, torch.zeros(1, 4, 5, 32))
+
+
+def test_the_all_token_temporal_encoder_trains_saves_and_checks_its_config(tmp_path):
+    torch.manual_seed(0)
+    config = _clip_tower_config("hybrid", video_temporal_tokens=CLIP_TOKENS, num_labels=3)
+    model = MMForVisualQuestionAnswering(config)
+    inputs = MMModelTester(batch_size=2).get_inputs()
+    inputs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=_clips())
+    model(**inputs, labels=torch.tensor([0, 2])).loss.backward()
+    encoder = model.mm.temporal_encoder
+    assert encoder.spatial_embedding.shape == (1, 1, CLIP_TOKENS, 32)
+    assert encoder.spatial_embedding.grad.abs().sum() > 0 and encoder.frame_embedding.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    loaded = MMForVisualQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert loaded.config.video_temporal_tokens == CLIP_TOKENS
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model.eval()(**inputs).logits)
+    with pytest.raises(ValueError, match="video_temporal_tokens=4 needs video_temporal_layers"):
+        _clip_tower_config(layers=0, video_temporal_tokens=4)
+    with pytest.raises(ValueError, match="video_temporal_tokens must be a non-negative integer"):
+        _clip_tower_config(video_temporal_tokens=-1)
 
 
 def test_a_vqa_head_with_the_temporal_encoder_trains_and_checks_its_inputs():
