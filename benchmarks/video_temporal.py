@@ -76,7 +76,8 @@ def vision_tower(args: argparse.Namespace, tower: dict) -> tuple[dict | PreTrain
     and `--video_temporal_layers` layers over its per-frame states model time."""
     if args.vision_checkpoint:
         temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames,
-                        video_temporal_tokens=args.video_temporal_tokens)
+                        video_temporal_tokens=args.video_temporal_tokens,
+                        video_temporal_hidden_size=args.video_temporal_hidden_size)
         return AutoConfig.from_pretrained(args.vision_checkpoint), temporal
     vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
                          video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
@@ -91,8 +92,9 @@ def describe_vision_tower(args: argparse.Namespace) -> str:
         model_type = AutoConfig.from_pretrained(args.vision_checkpoint).model_type
         over = (f" over all {args.video_temporal_tokens} tokens of each frame" if args.video_temporal_tokens
                 else " over pooled frame states")
+        width = (f" at width {args.video_temporal_hidden_size}" if args.video_temporal_hidden_size else "")
         return (f"`{model_type}` tower from `{args.vision_checkpoint}` (frame by frame, {args.video_temporal_layers} "
-                f"temporal layer(s){over}){frozen}")
+                f"temporal layer(s){width}{over}){frozen}")
     tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
     return (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, "
             f"{args.video_attention} space-time attention{tubelet})")
@@ -128,9 +130,10 @@ def check_tower_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
                      "with --vision_checkpoint, time is modelled by --video_temporal_layers.")
     if args.freeze_vision_tower and not args.vision_checkpoint:
         parser.error("--freeze_vision_tower keeps a pretrained tower as it is; it needs --vision_checkpoint.")
-    if args.video_temporal_tokens and not args.vision_checkpoint:
-        parser.error("--video_temporal_tokens shapes the temporal layers over a --vision_checkpoint tower; the "
-                     "built-in ViT models time itself.")
+    for name in ("video_temporal_tokens", "video_temporal_hidden_size"):
+        if getattr(args, name) and not args.vision_checkpoint:
+            parser.error(f"--{name} shapes the temporal layers over a --vision_checkpoint tower; the built-in ViT "
+                         "models time itself.")
 
 
 def train(config: MMConfig, data: dict, mode: str, args: argparse.Namespace) -> MMForVisualQuestionAnswering:
@@ -199,6 +202,9 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="0: the temporal layers read each frame's pooled state; N: they read all N tokens of "
                              "every frame with spatial embeddings (MMConfig.video_temporal_tokens; N = "
                              "(image_size / 32) ** 2 for the CNN tower).")
+    parser.add_argument("--video_temporal_hidden_size", type=int, default=None,
+                        help="Width of the temporal layers (MMConfig.video_temporal_hidden_size); default: the "
+                             "tower's width.")
     parser.add_argument("--freeze_vision_tower", action="store_true",
                         help="Keep the --vision_checkpoint tower as loaded; the temporal layers and everything else "
                              "train.")

@@ -1152,15 +1152,19 @@ class MMFrameTemporalEncoder(nn.Module):
     a shape is, which the direction of a motion needs); their outputs are the tokens fusion reads, and the clip's
     pooled state is the frame average plus the layers' update averaged over all tokens.
 
-    The embeddings and every residual branch (`out_proj`, `fc2`) start at zero (`MMPreTrainedModel._init_weights`),
+    With `config.video_temporal_hidden_size = d` below the tower's width, the layers run at width `d` between a
+    linear map `down` and a map `up` back to the tower's width, whose output is added to the layers' inputs.
+
+    The embeddings and every residual branch (`out_proj`, `fc2`, `up`) start at zero (`MMPreTrainedModel._init_weights`),
     so an untrained encoder returns the frame average and the tokens unchanged, what the model computes without one."""
 
     def __init__(self, config: MMConfig):
         super().__init__()
         width = config.vision_config.hidden_size
-        heads = width // 64 if width % 64 == 0 else 1
+        inner = config.video_temporal_hidden_size or width
+        heads = inner // 64 if inner % 64 == 0 else 1
         layer_config = MMVisionConfig(
-            hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width,
+            hidden_size=inner, num_attention_heads=heads, intermediate_size=4 * inner,
             num_hidden_layers=config.video_temporal_layers,
             layer_norm_eps=getattr(config.vision_config, "layer_norm_eps", 1e-12),
         )
@@ -1174,6 +1178,16 @@ class MMFrameTemporalEncoder(nn.Module):
         self.layers = nn.ModuleList([MMLayer(layer_config, layer_idx=i) for i in range(config.video_temporal_layers)])
         for layer in self.layers:
             layer.self_attn.out_proj._zero_init = layer.mlp.fc2._zero_init = True
+        self.down = self.up = None
+        if inner != width:
+            self.down, self.up = nn.Linear(width, inner), nn.Linear(inner, width)
+            self.up._zero_init = True
+
+    def _run(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The temporal layers over `(B, L, Dv)` inputs, through the bottleneck when there is one."""
+        if self.down is None:
+            return run_layers(self.layers, inputs).last_hidden_state
+        return inputs + self.up(run_layers(self.layers, self.down(inputs)).last_hidden_state)
 
     def forward(self, frame_states: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`frame_states` `(B, T, Dv)`, `tokens` `(B, T, N, Dv)` -> the clip's pooled state `(B, Dv)` and the tokens
@@ -1185,7 +1199,7 @@ class MMFrameTemporalEncoder(nn.Module):
             )
         embedding = self.frame_embedding[:, :frames]  # (1, T, Dv)
         if self.spatial_embedding is None:
-            states = run_layers(self.layers, frame_states + embedding).last_hidden_state  # (B, T, Dv)
+            states = self._run(frame_states + embedding)  # (B, T, Dv)
             return states.mean(1), tokens + embedding.unsqueeze(2)
         batch, _, count, width = tokens.shape
         if count != self.tokens_per_frame:
@@ -1195,7 +1209,7 @@ class MMFrameTemporalEncoder(nn.Module):
                 "image size) or 0 to run the temporal layers over pooled frame states."
             )
         inputs = tokens + embedding.unsqueeze(2) + self.spatial_embedding  # (B, T, N, Dv)
-        states = run_layers(self.layers, inputs.flatten(1, 2)).last_hidden_state.reshape(batch, frames, count, width)
+        states = self._run(inputs.flatten(1, 2)).reshape(batch, frames, count, width)
         update = (states - inputs).mean(dim=(1, 2))  # (B, Dv): what the layers added, over all tokens
         return frame_states.mean(1) + update, states
 

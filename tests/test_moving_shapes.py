@@ -374,6 +374,8 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
         bench.main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--tubelet_size", "2"])
     with pytest.raises(SystemExit):  # the built-in ViT has no per-frame tokens for temporal layers to read
         bench.main(["--data_dir", str(data_dir), "--video_temporal_tokens", "4"])
+    with pytest.raises(SystemExit):
+        bench.main(["--data_dir", str(data_dir), "--video_temporal_hidden_size", "16"])
 
 
 def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, tmp_path):
@@ -382,8 +384,42 @@ def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, 
     tower = _tiny_effnet_dir(str(tmp_path / "cnn"))
     table = main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "1",
                   "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4",
-                  "--video_temporal_tokens", "16"])  # the tiny tower's 4x4 map of a 32-px frame
+                  "--video_temporal_tokens", "16",  # the tiny tower's 4x4 map of a 32-px frame
+                  "--video_temporal_hidden_size", "16"])
     assert "`mm_efficientnet_lite` tower from" in table and "### retrieval" in table and "### captioning" in table
-    assert "1 temporal layer(s) over all 16 tokens of each frame" in table
+    assert "1 temporal layer(s) at width 16 over all 16 tokens of each frame" in table
     with pytest.raises(SystemExit):
         main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--video_attention", "divided"])
+
+
+def test_tower_probe_reports_every_probe_on_the_direction_clips(data_dir, tmp_path):
+    """`video_tower_probe.py`: linear probes on a frozen tower's first/last-frame features of the direction clips."""
+    from benchmarks.video_tower_probe import PROBES, main, tower_tokens
+
+    tower = _tiny_effnet_dir(str(tmp_path / "cnn"))
+    out = tmp_path / "probe.md"
+    table = main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--image_size", "32", "--num_frames", "4",
+                  "--steps", "20", "--out", str(out)])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "%" in line]
+    assert [r.split(" | ")[0][2:] for r in rows[:-1]] == list(PROBES)
+    # The probe itself: features that hold the label linearly are read perfectly, label-free noise at chance.
+    from benchmarks.video_tower_probe import linear_probe
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    signal = torch.nn.functional.one_hot(labels, 4).float() + 0.1 * torch.randn(400, 4, generator=generator)
+    assert linear_probe(signal[:300], labels[:300], signal[300:], labels[300:], 1000, 0)[1] == 1.0
+    noise = torch.randn(400, 4, generator=generator)
+    assert linear_probe(noise[:300], labels[:300], noise[300:], labels[300:], 1000, 0)[1] < 0.45
+    assert "16 tokens of width 32 per frame" in table and out.read_text().startswith("# Direction of motion")
+    from transformers import AutoModel
+
+    from processing.moving_shapes import load_moving_shapes
+
+    _, test_rows = load_moving_shapes(str(data_dir))
+    tokens, labels = tower_tokens(test_rows, AutoModel.from_pretrained(tower).eval(),
+                                  MMVideoProcessor(size={"height": 32, "width": 32}, num_frames=4), batch=2)
+    assert tokens.shape[:3] == (len(labels), 4, 16) and len(labels) == sum(
+        1 for kind in test_rows["question_type"] if kind == "direction")
+    with pytest.raises(ValueError, match="no `direction` questions"):
+        tower_tokens(test_rows.filter(lambda row: row["question_type"] != "direction"), None, None, 2)

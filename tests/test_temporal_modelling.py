@@ -166,12 +166,18 @@ def _clip_tower_config(fusion: str = "hybrid", layers: int = 1, **kwargs) -> MMC
 CLIP_TOKENS = 1 + (16 // 4) ** 2  # per frame: [CLS] + a 4x4 patch grid
 
 
-@pytest.mark.parametrize("tokens", [0, CLIP_TOKENS], ids=["pooled-states", "all-tokens"])
-def test_the_temporal_encoder_starts_as_the_frame_average(tokens):
+@pytest.mark.parametrize(
+    "tokens, width",
+    [(0, None), (CLIP_TOKENS, None), (0, 16), (CLIP_TOKENS, 16)],
+    ids=["pooled-states", "all-tokens", "pooled-states-bottleneck", "all-tokens-bottleneck"],
+)
+def test_the_temporal_encoder_starts_as_the_frame_average(tokens, width):
     torch.manual_seed(0)
     averaging = MMModel(_clip_tower_config(layers=0)).eval()
     torch.manual_seed(0)
-    temporal = MMModel(_clip_tower_config(layers=2, video_temporal_tokens=tokens)).eval()
+    temporal = MMModel(
+        _clip_tower_config(layers=2, video_temporal_tokens=tokens, video_temporal_hidden_size=width)
+    ).eval()
     assert isinstance(temporal.temporal_encoder, MMFrameTemporalEncoder) and averaging.temporal_encoder is None
     temporal.load_state_dict(averaging.state_dict(), strict=False)  # the same tower weights
     clips = _clips()
@@ -215,15 +221,19 @@ def _moving_feature(reverse: bool, frames: int = 4, width: int = 32) -> tuple[to
     return tokens.mean(2), tokens
 
 
-def test_temporal_layers_over_all_tokens_see_the_way_a_feature_moves_which_pooled_frame_states_hide():
+@pytest.mark.parametrize("width", [None, 16], ids=["tower-width", "bottleneck"])
+def test_temporal_layers_over_all_tokens_see_the_way_a_feature_moves_which_pooled_frame_states_hide(width):
     encoders = {}
     for tokens in (0, 4):
         torch.manual_seed(0)
-        encoder = MMFrameTemporalEncoder(_clip_tower_config(layers=1, video_temporal_tokens=tokens))
+        config = _clip_tower_config(layers=1, video_temporal_tokens=tokens, video_temporal_hidden_size=width)
+        encoder = MMFrameTemporalEncoder(config)
         _train_temporal_parts(encoder)
         with torch.no_grad():
             if encoder.spatial_embedding is not None:
                 encoder.spatial_embedding.normal_(0, 0.2)
+            if encoder.up is not None:
+                encoder.up.weight.normal_(0, 0.2)
             for layer in encoder.layers:
                 layer.self_attn.out_proj.weight.normal_(0, 0.2)
                 layer.mlp.fc2.weight.normal_(0, 0.2)
@@ -263,6 +273,41 @@ def test_the_all_token_temporal_encoder_trains_saves_and_checks_its_config(tmp_p
         _clip_tower_config(layers=0, video_temporal_tokens=4)
     with pytest.raises(ValueError, match="video_temporal_tokens must be a non-negative integer"):
         _clip_tower_config(video_temporal_tokens=-1)
+
+
+def test_a_bottleneck_temporal_encoder_runs_its_layers_at_the_given_width_trains_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    config = _clip_tower_config("hybrid", video_temporal_tokens=CLIP_TOKENS, video_temporal_hidden_size=16,
+                                num_labels=3)
+    model = MMForVisualQuestionAnswering(config)
+    encoder = model.mm.temporal_encoder
+    assert (encoder.down.in_features, encoder.down.out_features) == (32, 16)
+    assert (encoder.up.in_features, encoder.up.out_features) == (16, 32)
+    assert encoder.layers[0].mlp.fc1.in_features == 16 and encoder.frame_embedding.shape[-1] == 32
+    assert not encoder.up.weight.any() and not encoder.up.bias.any()
+    full = MMForVisualQuestionAnswering(_clip_tower_config("hybrid", video_temporal_tokens=CLIP_TOKENS, num_labels=3))
+    assert sum(p.numel() for p in encoder.parameters()) < sum(p.numel() for p in full.mm.temporal_encoder.parameters())
+    inputs = MMModelTester(batch_size=2).get_inputs()
+    inputs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=_clips())
+    model(**inputs, labels=torch.tensor([0, 2])).loss.backward()
+    # `up` starts at zero, so the bottleneck gets no gradient in the first step, `up` does; once it moves, the rest
+    # learns (the layers' residual branches first, as in any zero-initialised layer).
+    assert encoder.up.weight.grad.abs().sum() > 0 and not encoder.down.weight.grad.any()
+    with torch.no_grad():
+        encoder.up.weight.normal_(0, 0.2)
+    model.zero_grad()
+    model(**inputs, labels=torch.tensor([0, 2])).loss.backward()
+    assert encoder.down.weight.grad.abs().sum() > 0 and encoder.layers[0].mlp.fc2.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    loaded = MMForVisualQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert loaded.config.video_temporal_hidden_size == 16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model.eval()(**inputs).logits)
+    with pytest.raises(ValueError, match="video_temporal_hidden_size=16 needs video_temporal_layers"):
+        _clip_tower_config(layers=0, video_temporal_hidden_size=16)
+    for bad in (0, -8, 1.5, True):
+        with pytest.raises(ValueError, match="video_temporal_hidden_size must be a positive integer or None"):
+            _clip_tower_config(video_temporal_hidden_size=bad)
 
 
 def test_a_vqa_head_with_the_temporal_encoder_trains_and_checks_its_inputs():
