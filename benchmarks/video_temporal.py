@@ -77,7 +77,8 @@ def vision_tower(args: argparse.Namespace, tower: dict) -> tuple[dict | PreTrain
     if args.vision_checkpoint:
         temporal = dict(video_temporal_layers=args.video_temporal_layers, video_max_frames=args.num_frames,
                         video_temporal_tokens=args.video_temporal_tokens,
-                        video_temporal_hidden_size=args.video_temporal_hidden_size)
+                        video_temporal_hidden_size=args.video_temporal_hidden_size,
+                        video_motion_embedding=args.video_motion_embedding)
         return AutoConfig.from_pretrained(args.vision_checkpoint), temporal
     vision_config = dict(image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
                          video_attention=args.video_attention, patch_embedding_type=args.patch_embedding_type,
@@ -93,8 +94,9 @@ def describe_vision_tower(args: argparse.Namespace) -> str:
         over = (f" over all {args.video_temporal_tokens} tokens of each frame" if args.video_temporal_tokens
                 else " over pooled frame states")
         width = (f" at width {args.video_temporal_hidden_size}" if args.video_temporal_hidden_size else "")
+        motion = ", with the motion embedding of pixel differences" if args.video_motion_embedding else ""
         return (f"`{model_type}` tower from `{args.vision_checkpoint}` (frame by frame, {args.video_temporal_layers} "
-                f"temporal layer(s){width}{over}){frozen}")
+                f"temporal layer(s){width}{over}{motion}){frozen}")
     tubelet = f", tubelets of {args.tubelet_size} frames" if args.tubelet_size > 1 else ""
     return (f"built-in ViT (patch {args.patch_size} {args.patch_embedding_type}, `num_frames={args.num_frames}`, "
             f"{args.video_attention} space-time attention{tubelet})")
@@ -130,7 +132,7 @@ def check_tower_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
                      "with --vision_checkpoint, time is modelled by --video_temporal_layers.")
     if args.freeze_vision_tower and not args.vision_checkpoint:
         parser.error("--freeze_vision_tower keeps a pretrained tower as it is; it needs --vision_checkpoint.")
-    for name in ("video_temporal_tokens", "video_temporal_hidden_size"):
+    for name in ("video_temporal_tokens", "video_temporal_hidden_size", "video_motion_embedding"):
         if getattr(args, name) and not args.vision_checkpoint:
             parser.error(f"--{name} shapes the temporal layers over a --vision_checkpoint tower; the built-in ViT "
                          "models time itself.")
@@ -205,6 +207,9 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--video_temporal_hidden_size", type=int, default=None,
                         help="Width of the temporal layers (MMConfig.video_temporal_hidden_size); default: the "
                              "tower's width.")
+    parser.add_argument("--video_motion_embedding", action="store_true",
+                        help="With --video_temporal_tokens: add a zero-initialised embedding of each token cell's "
+                             "pixel change since the previous frame (MMConfig.video_motion_embedding).")
     parser.add_argument("--freeze_vision_tower", action="store_true",
                         help="Keep the --vision_checkpoint tower as loaded; the temporal layers and everything else "
                              "train.")

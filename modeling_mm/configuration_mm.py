@@ -385,8 +385,15 @@ class MMConfig(PreTrainedConfig):
         video_temporal_hidden_size (`int`, *optional*): Width of the temporal layers. `None` (default): the vision
             tower's width. A smaller width `d` makes them a bottleneck adapter: a linear map down to `d`, the layers,
             and a zero-initialised linear map back up whose output is added to their inputs, so a new model still
-            starts from the frame average and the unchanged tokens. At a CNN tower's width (1280) the layers cost
-            more than a frozen tower's forward pass; at `d = 128` they cost about 1% of it.
+            starts from the frame average and the unchanged tokens. Over all tokens at a CNN tower's width (1280) a
+            layer costs about as much as the frozen tower's forward pass; at `d = 128`, a few percent of it
+            (`benchmarks/video_temporal_cost.py`).
+        video_motion_embedding (`bool`): With `video_temporal_tokens`: add to each token a zero-initialised linear
+            embedding of how its cell of the frame changed since the previous frame (the pixel difference, pooled to
+            8x8 per cell), the way a tubelet token sees motion. A CNN's stride-32 features hold little of where in
+            its cell a shape is, so the direction of a small motion is hard to read from them; the pixel difference
+            holds it linearly. The tokens must form a square grid over the frame, optionally after one leading
+            `[CLS]` token (which gets none). Default `False`.
     """
 
     model_type = "mm"
@@ -415,6 +422,7 @@ class MMConfig(PreTrainedConfig):
     video_max_frames: int = 16
     video_temporal_tokens: int = 0
     video_temporal_hidden_size: int | None = None
+    video_motion_embedding: bool = False
 
     def __post_init__(self, **kwargs):
         self.vision_config = _build_sub_config(self.vision_config, MMVisionConfig, "vision_config")
@@ -469,6 +477,13 @@ class MMConfig(PreTrainedConfig):
         if width is not None and not self.video_temporal_layers:
             raise ValueError(
                 f"MMConfig.video_temporal_hidden_size={width} needs video_temporal_layers >= 1 (the layers it sizes)."
+            )
+        if not isinstance(self.video_motion_embedding, bool):
+            raise ValueError(f"MMConfig.video_motion_embedding must be True or False, got {self.video_motion_embedding!r}.")
+        if self.video_motion_embedding and not tokens:
+            raise ValueError(
+                "MMConfig.video_motion_embedding needs video_temporal_tokens > 0: it embeds the motion in each token's "
+                "cell of the frame."
             )
         if self.video_temporal_layers and (isinstance(self.vision_config, MMVisionConfig) or self.fusion == "early"):
             raise ValueError(

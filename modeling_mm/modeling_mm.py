@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 import inspect
 import json
+import math
 import os
 import shutil
 
@@ -1155,8 +1156,14 @@ class MMFrameTemporalEncoder(nn.Module):
     With `config.video_temporal_hidden_size = d` below the tower's width, the layers run at width `d` between a
     linear map `down` and a map `up` back to the tower's width, whose output is added to the layers' inputs.
 
+    With `config.video_motion_embedding`, the layers' input tokens also get `motion_embedding` of the pixel difference
+    between their frame and the previous one (none for the first frame), average-pooled to `MOTION_CELL x MOTION_CELL`
+    per token cell of a square token grid (a leading `[CLS]` token gets none).
+
     The embeddings and every residual branch (`out_proj`, `fc2`, `up`) start at zero (`MMPreTrainedModel._init_weights`),
     so an untrained encoder returns the frame average and the tokens unchanged, what the model computes without one."""
+
+    MOTION_CELL = 8  # pooled pixels per side of a token's cell that the motion embedding reads
 
     def __init__(self, config: MMConfig):
         super().__init__()
@@ -1182,16 +1189,52 @@ class MMFrameTemporalEncoder(nn.Module):
         if inner != width:
             self.down, self.up = nn.Linear(width, inner), nn.Linear(inner, width)
             self.up._zero_init = True
+        self.motion_embedding = None
+        if config.video_motion_embedding:
+            tokens = self.tokens_per_frame
+            self.grid, self.leading = _token_grid(tokens)
+            if self.grid is None:
+                raise ValueError(
+                    f"MMConfig.video_motion_embedding needs the tower's {tokens} tokens per frame to form a square grid "
+                    "(optionally after one [CLS] token)."
+                )
+            # No bias: a cell that does not change gets no embedding, so a still clip encodes as without one.
+            self.motion_embedding = nn.Linear(3 * self.MOTION_CELL**2, inner, bias=False)
+            self.motion_embedding._zero_init = True
 
-    def _run(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The temporal layers over `(B, L, Dv)` inputs, through the bottleneck when there is one."""
+    def _motion(self, pixel_values: torch.Tensor | None, count: int) -> torch.Tensor:
+        """`(B, T * N, inner)` embeddings of each token cell's change since the previous frame."""
+        if pixel_values is None or pixel_values.ndim != 5 or pixel_values.shape[2] != 3:
+            raise ValueError(
+                "config.video_motion_embedding needs the clip's pixel values (B, T, 3, H, W) to embed the motion of "
+                f"each token's cell; got {None if pixel_values is None else tuple(pixel_values.shape)}."
+            )
+        batch, frames = pixel_values.shape[:2]
+        change = torch.zeros_like(pixel_values)
+        change[:, 1:] = pixel_values[:, 1:] - pixel_values[:, :-1]
+        side = self.grid * self.MOTION_CELL
+        cells = nn.functional.adaptive_avg_pool2d(change.flatten(0, 1), side)  # (B*T, 3, g*c, g*c)
+        cells = cells.reshape(batch * frames, 3, self.grid, self.MOTION_CELL, self.grid, self.MOTION_CELL)
+        cells = cells.permute(0, 2, 4, 1, 3, 5).reshape(batch, frames, self.grid**2, -1)  # (B, T, g*g, 3*c*c)
+        motion = self.motion_embedding(cells.to(self.motion_embedding.weight.dtype))
+        if self.leading:
+            motion = nn.functional.pad(motion, (0, 0, 1, 0))  # the [CLS] token: no cell, no motion
+        return motion.flatten(1, 2)
+
+    def _run(self, inputs: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The temporal layers over `(B, L, Dv)` inputs (plus `extra` at the layers' width), through the bottleneck
+        when there is one."""
         if self.down is None:
-            return run_layers(self.layers, inputs).last_hidden_state
-        return inputs + self.up(run_layers(self.layers, self.down(inputs)).last_hidden_state)
+            return run_layers(self.layers, inputs if extra is None else inputs + extra).last_hidden_state
+        hidden = self.down(inputs)
+        return inputs + self.up(run_layers(self.layers, hidden if extra is None else hidden + extra).last_hidden_state)
 
-    def forward(self, frame_states: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`frame_states` `(B, T, Dv)`, `tokens` `(B, T, N, Dv)` -> the clip's pooled state `(B, Dv)` and the tokens
-        with their frame's embedding."""
+    def forward(
+        self, frame_states: torch.Tensor, tokens: torch.Tensor, pixel_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`frame_states` `(B, T, Dv)`, `tokens` `(B, T, N, Dv)` (and, for the motion embedding, the clip's
+        `pixel_values` `(B, T, 3, H, W)`) -> the clip's pooled state `(B, Dv)` and the tokens with their frame's
+        embedding."""
         frames = frame_states.shape[1]
         if frames > self.max_frames:
             raise ValueError(
@@ -1209,9 +1252,20 @@ class MMFrameTemporalEncoder(nn.Module):
                 "image size) or 0 to run the temporal layers over pooled frame states."
             )
         inputs = tokens + embedding.unsqueeze(2) + self.spatial_embedding  # (B, T, N, Dv)
-        states = self._run(inputs.flatten(1, 2)).reshape(batch, frames, count, width)
+        motion = None if self.motion_embedding is None else self._motion(pixel_values, count)
+        states = self._run(inputs.flatten(1, 2), motion).reshape(batch, frames, count, width)
         update = (states - inputs).mean(dim=(1, 2))  # (B, Dv): what the layers added, over all tokens
         return frame_states.mean(1) + update, states
+
+
+def _token_grid(count: int) -> tuple[int | None, bool]:
+    """The side of the square grid that `count` tokens per frame form, and whether one `[CLS]` token leads them;
+    `(None, False)` when they form none."""
+    for leading in (False, True):
+        side = math.isqrt(count - leading)
+        if count - leading > 0 and side * side == count - leading:
+            return side, leading
+    return None, False
 
 
 def _build_tower(sub_config: PreTrainedConfig) -> PreTrainedModel:
@@ -1489,7 +1543,7 @@ class MMModel(MMPreTrainedModel):
             hidden = out.last_hidden_state.reshape(batch, frames, -1, width)  # (B, T, N, Dv)
             pooled = _pooled(out).reshape(batch, frames, -1)  # (B, T, Dv)
             if self.temporal_encoder is not None:
-                pooled, hidden = self.temporal_encoder(pooled, hidden)
+                pooled, hidden = self.temporal_encoder(pooled, hidden, pixel_values)
             else:
                 pooled = pooled.mean(1)
             hidden = hidden.reshape(batch, -1, width)

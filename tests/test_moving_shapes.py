@@ -376,6 +376,8 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
         bench.main(["--data_dir", str(data_dir), "--video_temporal_tokens", "4"])
     with pytest.raises(SystemExit):
         bench.main(["--data_dir", str(data_dir), "--video_temporal_hidden_size", "16"])
+    with pytest.raises(SystemExit):
+        bench.main(["--data_dir", str(data_dir), "--video_motion_embedding"])
 
 
 def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, tmp_path):
@@ -385,9 +387,10 @@ def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, 
     table = main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--freeze_vision_tower", "--epochs", "1",
                   "--batch", "8", "--hidden", "32", "--layers", "1", "--num_frames", "4",
                   "--video_temporal_tokens", "16",  # the tiny tower's 4x4 map of a 32-px frame
-                  "--video_temporal_hidden_size", "16"])
+                  "--video_temporal_hidden_size", "16", "--video_motion_embedding"])
     assert "`mm_efficientnet_lite` tower from" in table and "### retrieval" in table and "### captioning" in table
-    assert "1 temporal layer(s) at width 16 over all 16 tokens of each frame" in table
+    assert ("1 temporal layer(s) at width 16 over all 16 tokens of each frame, with the motion embedding of pixel "
+            "differences)") in table
     with pytest.raises(SystemExit):
         main(["--data_dir", str(data_dir), "--vision_checkpoint", tower, "--video_attention", "divided"])
 
@@ -423,3 +426,18 @@ def test_tower_probe_reports_every_probe_on_the_direction_clips(data_dir, tmp_pa
         1 for kind in test_rows["question_type"] if kind == "direction")
     with pytest.raises(ValueError, match="no `direction` questions"):
         tower_tokens(test_rows.filter(lambda row: row["question_type"] != "direction"), None, None, 2)
+
+
+def test_temporal_cost_benchmark_times_the_tower_and_each_temporal_width(tmp_path):
+    from benchmarks.video_temporal_cost import main
+
+    tower = _tiny_effnet_dir(str(tmp_path / "cnn"))
+    out = tmp_path / "cost.md"
+    table = main(["--vision_checkpoint", tower, "--image_size", "32", "--num_frames", "2", "--batch", "2",
+                  "--widths", "0", "8", "--repeats", "1", "--out", str(out)])
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and " M | " in line]
+    assert [row[0] for row in rows] == ["| frozen tower, forward", "| temporal layers, forward and backward",
+                                        "| temporal layers, forward and backward"]
+    assert [row[1] for row in rows[1:]] == ["32", "8"]  # the tiny tower's width, then the bottleneck's
+    assert float(rows[1][2].split()[0]) > float(rows[2][2].split()[0])  # the bottleneck has fewer parameters
+    assert "16 tokens of width 32 per frame" in table and out.read_text().startswith("# The cost of temporal")

@@ -167,16 +167,19 @@ CLIP_TOKENS = 1 + (16 // 4) ** 2  # per frame: [CLS] + a 4x4 patch grid
 
 
 @pytest.mark.parametrize(
-    "tokens, width",
-    [(0, None), (CLIP_TOKENS, None), (0, 16), (CLIP_TOKENS, 16)],
-    ids=["pooled-states", "all-tokens", "pooled-states-bottleneck", "all-tokens-bottleneck"],
+    "tokens, width, motion",
+    [(0, None, False), (CLIP_TOKENS, None, False), (0, 16, False), (CLIP_TOKENS, 16, False), (CLIP_TOKENS, 16, True),
+     (CLIP_TOKENS, None, True)],
+    ids=["pooled-states", "all-tokens", "pooled-states-bottleneck", "all-tokens-bottleneck", "motion-bottleneck",
+         "motion"],
 )
-def test_the_temporal_encoder_starts_as_the_frame_average(tokens, width):
+def test_the_temporal_encoder_starts_as_the_frame_average(tokens, width, motion):
     torch.manual_seed(0)
     averaging = MMModel(_clip_tower_config(layers=0)).eval()
     torch.manual_seed(0)
     temporal = MMModel(
-        _clip_tower_config(layers=2, video_temporal_tokens=tokens, video_temporal_hidden_size=width)
+        _clip_tower_config(layers=2, video_temporal_tokens=tokens, video_temporal_hidden_size=width,
+                           video_motion_embedding=motion)
     ).eval()
     assert isinstance(temporal.temporal_encoder, MMFrameTemporalEncoder) and averaging.temporal_encoder is None
     temporal.load_state_dict(averaging.state_dict(), strict=False)  # the same tower weights
@@ -308,6 +311,81 @@ def test_a_bottleneck_temporal_encoder_runs_its_layers_at_the_given_width_trains
     for bad in (0, -8, 1.5, True):
         with pytest.raises(ValueError, match="video_temporal_hidden_size must be a positive integer or None"):
             _clip_tower_config(video_temporal_hidden_size=bad)
+
+
+def _moving_square(rightwards: bool, frames: int = 4, size: int = 16) -> torch.Tensor:
+    """`(1, T, 3, size, size)`: a 4-px bright square stepping 2 px a frame to the right (or the left) across pixel
+    columns 1-10 and rows 6-9, on black (grid cells of 4 px: rows 1-2, columns 0-2)."""
+    clip = torch.zeros(1, frames, 3, size, size)
+    for t in range(frames):
+        x = 1 + 2 * t if rightwards else 1 + 2 * (frames - 1 - t)
+        clip[0, t, :, 6:10, x : x + 4] = 1.0
+    return clip
+
+
+def test_the_motion_embedding_reads_the_way_pixels_move_where_the_tower_tokens_do_not():
+    torch.manual_seed(0)
+    config = _clip_tower_config(layers=1, video_temporal_tokens=CLIP_TOKENS, video_temporal_hidden_size=16,
+                                video_motion_embedding=True)
+    encoder = MMFrameTemporalEncoder(config)
+    assert (encoder.grid, encoder.leading) == (4, True)  # [CLS] + a 4x4 grid
+    assert encoder.motion_embedding.in_features == 3 * 8 * 8
+    with torch.no_grad():
+        for parameter in (encoder.motion_embedding.weight, encoder.up.weight, encoder.layers[0].mlp.fc2.weight):
+            parameter.normal_(0, 0.2)
+    encoder.eval()
+    tokens = torch.randn(1, 1, 1, 32).expand(1, FRAMES, CLIP_TOKENS, 32)  # a tower that sees no difference at all
+    right, left = _moving_square(True), _moving_square(False)
+    with torch.no_grad():
+        pooled_right, states_right = encoder(tokens.mean(2), tokens, right)
+        pooled_left, states_left = encoder(tokens.mean(2), tokens, left)
+        pooled_still, _ = encoder(tokens.mean(2), tokens, right[:, :1].expand_as(right))
+    assert (pooled_right - pooled_left).abs().max() > 1e-3
+    assert (states_right - states_left).abs().max() > 1e-3
+    # The embedding itself moves only for the cells the square crosses (grid rows 1-2, columns 0-2, after [CLS]) and
+    # the frames after the first: elsewhere it is zero.
+    with torch.no_grad():
+        raw = encoder._motion(right, CLIP_TOKENS).reshape(FRAMES, CLIP_TOKENS, -1)
+    assert not raw[:, 0].any()  # [CLS] has no cell
+    motion = raw.abs().amax(-1)  # (T, N)
+    assert motion[0].max() == 0
+    cells = {divmod(i - 1, 4) for i in range(1, CLIP_TOKENS) if motion[1:, i].max() > 0}
+    assert cells == {(row, col) for row in (1, 2) for col in (0, 1, 2)}
+    # A still clip (no change between frames) gets no motion embedding: it encodes as without one.
+    no_motion = MMFrameTemporalEncoder(config)
+    no_motion.load_state_dict(encoder.state_dict())
+    no_motion.motion_embedding = None
+    with torch.no_grad():
+        torch.testing.assert_close(pooled_still, no_motion.eval()(tokens.mean(2), tokens)[0])
+    with pytest.raises(ValueError, match="needs the clip's pixel values"):
+        encoder(tokens.mean(2), tokens)
+
+
+def test_the_motion_embedding_trains_round_trips_and_checks_its_config(tmp_path):
+    torch.manual_seed(0)
+    config = _clip_tower_config("hybrid", video_temporal_tokens=CLIP_TOKENS, video_temporal_hidden_size=16,
+                                video_motion_embedding=True, num_labels=3)
+    model = MMForVisualQuestionAnswering(config)
+    assert not model.mm.temporal_encoder.motion_embedding.weight.any()  # zero-initialised, like every new branch
+    with torch.no_grad():
+        model.mm.temporal_encoder.up.weight.normal_(0, 0.2)
+        model.mm.temporal_encoder.layers[0].mlp.fc2.weight.normal_(0, 0.2)
+    inputs = MMModelTester(batch_size=2).get_inputs()
+    inputs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=_clips())
+    model(**inputs, labels=torch.tensor([0, 2])).loss.backward()
+    assert model.mm.temporal_encoder.motion_embedding.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    loaded = MMForVisualQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert loaded.config.video_motion_embedding is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model.eval()(**inputs).logits)
+    with pytest.raises(ValueError, match="video_motion_embedding needs video_temporal_tokens > 0"):
+        _clip_tower_config(video_motion_embedding=True)
+    with pytest.raises(ValueError, match="video_motion_embedding must be True or False"):
+        _clip_tower_config(video_temporal_tokens=CLIP_TOKENS, video_motion_embedding="yes")
+    with pytest.raises(ValueError, match="6 tokens per frame to form a square grid"):
+        MMFrameTemporalEncoder(_clip_tower_config(video_temporal_tokens=6, video_motion_embedding=True))
+    assert MMFrameTemporalEncoder(_clip_tower_config(video_temporal_tokens=4, video_motion_embedding=True)).grid == 2
 
 
 def test_a_vqa_head_with_the_temporal_encoder_trains_and_checks_its_inputs():
