@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 import inspect
 import json
-import math
 import os
 import shutil
 
@@ -1262,7 +1261,7 @@ def _token_grid(count: int) -> tuple[int | None, bool]:
     """The side of the square grid that `count` tokens per frame form, and whether one `[CLS]` token leads them;
     `(None, False)` when they form none."""
     for leading in (False, True):
-        side = math.isqrt(count - leading)
+        side = round((count - leading) ** 0.5) if count > leading else 0
         if count - leading > 0 and side * side == count - leading:
             return side, leading
     return None, False
