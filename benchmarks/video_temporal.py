@@ -60,6 +60,20 @@ def encode_split(rows, processor: MMVideoProcessor, tokenizer, label2id: dict[st
     }
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that reproduces a run of `benchmarks/<script>` with `argv` (the process's own when `None`)."""
+    return " ".join([f"python benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def publish(title: str, table: str, out: str | None) -> str:
+    """Prints a benchmark's report and, with `out`, writes it there under `# title`; returns it."""
+    print(table)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(f"# {title}\n\n{table}\n")
+    return table
+
+
 def visual(data: dict, index: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
     clips = data["clips"][data["clip"][index]]  # (B, T, 3, H, W)
     if mode == "average":
@@ -273,7 +287,7 @@ def main(argv: list[str] | None = None) -> str:
     }
     total_s = time.perf_counter() - started
 
-    command = " ".join(["python benchmarks/video_temporal.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("video_temporal.py", argv)
     lines = [
         f"Command: `{command}`",
         "",
@@ -296,12 +310,7 @@ def main(argv: list[str] | None = None) -> str:
         + " | ".join("50.0%" if t in TEMPORAL_QUESTION_TYPES else "100.0%" for t in types)
         + " |"
     )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("# Video questions that need time\n\n" + table + "\n")
-    return table
+    return publish("Video questions that need time", "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

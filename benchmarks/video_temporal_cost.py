@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModel  # noqa: E402
 
 import modeling_mm  # noqa: E402,F401  (registers the package's towers with AutoModel)
+from benchmarks.video_temporal import command_line, publish  # noqa: E402
 from modeling_mm import MMConfig  # noqa: E402
 from modeling_mm.modeling_mm import MMFrameTemporalEncoder  # noqa: E402
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> str:
             tower(pixel_values=frames)
 
     tower_seconds = median_seconds(tower_forward, args.repeats)
-    command = " ".join(["python benchmarks/video_temporal_cost.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("video_temporal_cost.py", argv)
     lines = [
         f"Command: `{command}`",
         "",
@@ -91,12 +92,7 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(f"| temporal layers, forward and backward | {width or tower_width} | "
                      f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f} M | {seconds:.3f} | "
                      f"{100 * seconds / tower_seconds:.0f}% |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("# The cost of temporal layers over a frame-by-frame tower\n\n" + table + "\n")
-    return table
+    return publish("The cost of temporal layers over a frame-by-frame tower", "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

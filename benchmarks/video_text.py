@@ -31,7 +31,9 @@ from benchmarks.video_temporal import (  # noqa: E402
     add_clip_arguments,
     build_model,
     check_tower_arguments,
+    command_line,
     describe_vision_tower,
+    publish,
     start_training,
     vision_tower,
     visual,
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> str:
             print(name, results[task][name], flush=True)
     total_s = time.perf_counter() - started
 
-    command = " ".join(["python benchmarks/video_text.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("video_text.py", argv)
     lines = [
         f"Command: `{command}`",
         "",
@@ -219,12 +221,7 @@ def main(argv: list[str] | None = None) -> str:
         if task == "captioning":
             lines += ["", "First test clips, (a) model: " + "; ".join(
                 f"`{p}` (reference `{c}`)" for p, c in rows["(a) model"]["examples"])]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("# Video-text retrieval and video captioning\n\n" + table + "\n")
-    return table
+    return publish("Video-text retrieval and video captioning", "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

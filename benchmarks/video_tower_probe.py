@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
 import modeling_mm  # noqa: E402,F401  (registers the package's towers with AutoModel)
+from benchmarks.video_temporal import command_line, publish  # noqa: E402
 from processing import MMVideoProcessor  # noqa: E402
 from processing.moving_shapes import ANSWERS, generate_moving_shapes, load_moving_shapes  # noqa: E402
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> str:
     processor = MMVideoProcessor(size={"height": args.image_size, "width": args.image_size}, num_frames=args.num_frames)
     train_tokens, train_y = tower_tokens(train_rows, tower, processor, args.batch)
     test_tokens, test_y = tower_tokens(test_rows, tower, processor, args.batch)
-    command = " ".join(["python benchmarks/video_tower_probe.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("video_tower_probe.py", argv)
     lines = [
         f"Command: `{command}`",
         "",
@@ -110,11 +111,7 @@ def main(argv: list[str] | None = None) -> str:
         lines.append(f"| {name} | {100 * train_acc:.1f}% | {100 * test_acc:.1f}% |")
     lines.append("| chance / axis of motion only | 25.0% / 50.0% | 25.0% / 50.0% |")
     table = "\n".join(lines).replace("{minutes}", f"{(time.perf_counter() - started) / 60:.1f}")
-    print(table)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("# Direction of motion in a frozen tower's per-frame features\n\n" + table + "\n")
-    return table
+    return publish("Direction of motion in a frozen tower's per-frame features", table, args.out)
 
 
 if __name__ == "__main__":

@@ -1201,7 +1201,7 @@ class MMFrameTemporalEncoder(nn.Module):
             self.motion_embedding = nn.Linear(3 * self.MOTION_CELL**2, inner, bias=False)
             self.motion_embedding._zero_init = True
 
-    def _motion(self, pixel_values: torch.Tensor | None, count: int) -> torch.Tensor:
+    def _motion(self, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """`(B, T * N, inner)` embeddings of each token cell's change since the previous frame."""
         if pixel_values is None or pixel_values.ndim != 5 or pixel_values.shape[2] != 3:
             raise ValueError(
@@ -1251,7 +1251,7 @@ class MMFrameTemporalEncoder(nn.Module):
                 "image size) or 0 to run the temporal layers over pooled frame states."
             )
         inputs = tokens + embedding.unsqueeze(2) + self.spatial_embedding  # (B, T, N, Dv)
-        motion = None if self.motion_embedding is None else self._motion(pixel_values, count)
+        motion = None if self.motion_embedding is None else self._motion(pixel_values)
         states = self._run(inputs.flatten(1, 2), motion).reshape(batch, frames, count, width)
         update = (states - inputs).mean(dim=(1, 2))  # (B, Dv): what the layers added, over all tokens
         return frame_states.mean(1) + update, states
@@ -1261,8 +1261,9 @@ def _token_grid(count: int) -> tuple[int | None, bool]:
     """The side of the square grid that `count` tokens per frame form, and whether one `[CLS]` token leads them;
     `(None, False)` when they form none."""
     for leading in (False, True):
-        side = round((count - leading) ** 0.5) if count > leading else 0
-        if count - leading > 0 and side * side == count - leading:
+        cells = count - leading
+        side = round(max(cells, 0) ** 0.5)
+        if cells > 0 and side * side == cells:
             return side, leading
     return None, False
 

@@ -345,7 +345,7 @@ def test_the_motion_embedding_reads_the_way_pixels_move_where_the_tower_tokens_d
     # The embedding itself moves only for the cells the square crosses (grid rows 1-2, columns 0-2, after [CLS]) and
     # the frames after the first: elsewhere it is zero.
     with torch.no_grad():
-        raw = encoder._motion(right, CLIP_TOKENS).reshape(FRAMES, CLIP_TOKENS, -1)
+        raw = encoder._motion(right).reshape(FRAMES, CLIP_TOKENS, -1)
     assert not raw[:, 0].any()  # [CLS] has no cell
     motion = raw.abs().amax(-1)  # (T, N)
     assert motion[0].max() == 0
