@@ -12,11 +12,13 @@ embeddings are used) and the built-in text tower, trained from scratch with Adam
 `mm convert-efficientnet-lite --output_dir DIR`) that tower replaces the built-in ViT: it encodes each frame, and
 `--video_temporal_layers` Transformer layers over the per-frame states model time (`MMConfig.video_temporal_layers`),
 or, with `--video_temporal_tokens N`, over all N tokens of every frame with spatial embeddings;
-`--freeze_vision_tower` keeps it as loaded. The time-blind ceiling is what a model that sees every frame but not
+`--freeze_vision_tower` keeps it as loaded (and computes its outputs once per distinct frame, which is exact for a
+frozen tower in eval mode and makes later epochs cost only the trainable parts). The time-blind ceiling is what a model that sees every frame but not
 their order can reach (it narrows each temporal answer to two: the axis of motion, the two shapes, the two colours).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 from transformers import AutoConfig, BertTokenizerFast, PreTrainedConfig, PreTrainedModel  # noqa: E402
+from transformers.modeling_outputs import BaseModelOutputWithPooling  # noqa: E402
 
 from modeling_mm import MMConfig, MMForVisualQuestionAnswering  # noqa: E402
 from processing import MMVideoProcessor  # noqa: E402
@@ -103,7 +106,7 @@ def vision_tower(args: argparse.Namespace, tower: dict) -> tuple[dict | PreTrain
 def describe_vision_tower(args: argparse.Namespace) -> str:
     """The vision tower in the words of the reports."""
     if args.vision_checkpoint:
-        frozen = ", frozen" if args.freeze_vision_tower else ""
+        frozen = ", frozen (its outputs computed once per distinct frame)" if args.freeze_vision_tower else ""
         model_type = AutoConfig.from_pretrained(args.vision_checkpoint).model_type
         over = (f" over all {args.video_temporal_tokens} tokens of each frame" if args.video_temporal_tokens
                 else " over pooled frame states")
@@ -126,7 +129,39 @@ def build_model(model_class: type[PreTrainedModel], config: MMConfig, args: argp
     model = model_class.from_vision_text_pretrained(args.vision_checkpoint, text_config=config.text_config, **fields)
     if args.freeze_vision_tower:
         freeze_parts(model, {"vision": "frozen"})  # the tower only: the temporal layers over it still train
+        memoise_frozen_tower(model.mm.vision_model)
     return model
+
+
+def memoise_frozen_tower(tower: torch.nn.Module) -> dict[bytes, tuple[torch.Tensor, torch.Tensor]]:
+    """Makes a frozen tower in eval mode compute each distinct frame once: its outputs (`last_hidden_state`,
+    `pooler_output`) are kept per frame, keyed by a digest of the frame's bytes, so that later epochs (and the
+    shuffled-frames test, which reorders the same frames) read them back. Exact, since the tower's weights do not
+    change and eval mode makes a frame's output independent of its batch; a call in training mode, or one asking for
+    attentions or hidden states, raises or runs the tower. Returns the cache."""
+    forward, cache = tower.forward, {}
+
+    def cached_forward(pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+            return forward(pixel_values=pixel_values, **kwargs)
+        if tower.training or any(p.requires_grad for p in tower.parameters()):
+            raise RuntimeError("memoise_frozen_tower: the tower must stay frozen and in eval mode (start_training).")
+        keys = [hashlib.blake2b(frame.contiguous().numpy().tobytes(), digest_size=16).digest() for frame in pixel_values]
+        missing = list(dict.fromkeys(k for k in keys if k not in cache))
+        if missing:
+            first = {k: keys.index(k) for k in missing}
+            with torch.no_grad():
+                out = forward(pixel_values=pixel_values[[first[k] for k in missing]], **kwargs)
+            pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+            for j, k in enumerate(missing):
+                cache[k] = (out.last_hidden_state[j].clone(), pooled[j].clone())
+        return BaseModelOutputWithPooling(
+            last_hidden_state=torch.stack([cache[k][0] for k in keys]),
+            pooler_output=torch.stack([cache[k][1] for k in keys]),
+        )
+
+    tower.forward = cached_forward
+    return cache
 
 
 def start_training(model: PreTrainedModel) -> list[torch.nn.Parameter]:

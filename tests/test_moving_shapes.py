@@ -380,6 +380,33 @@ def test_temporal_benchmark_with_a_frozen_cnn_tower_trains_only_what_sits_on_it(
         bench.main(["--data_dir", str(data_dir), "--video_motion_embedding"])
 
 
+def test_memoised_frozen_tower_returns_the_towers_outputs_and_runs_each_frame_once(tmp_path):
+    """`memoise_frozen_tower`: the frozen tower's outputs come back unchanged, in the caller's order (shuffled or
+    repeated frames included), while each distinct frame goes through the tower only once; a tower put back in
+    training mode is refused rather than answered from a cache its batch-norm statistics no longer match."""
+    from benchmarks.video_temporal import memoise_frozen_tower
+    from modeling_mm import MMEfficientNetLiteModel
+
+    tower = MMEfficientNetLiteModel.from_pretrained(_tiny_effnet_dir(str(tmp_path / "cnn"))).eval().requires_grad_(False)
+    frames = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = tower(pixel_values=frames)
+    seen = []
+    real_forward = tower.forward
+    tower.forward = lambda pixel_values, **kwargs: seen.append(len(pixel_values)) or real_forward(pixel_values, **kwargs)
+    cache = memoise_frozen_tower(tower)
+    first = tower(pixel_values=frames[:4])
+    order = torch.tensor([5, 0, 0, 3, 4, 1, 2])
+    again = tower(pixel_values=frames[order])
+    assert seen == [4, 2] and len(cache) == 6  # frames 4 and 5 were new; 0, 1, 2 and 3 came from the cache
+    torch.testing.assert_close(first.last_hidden_state, expected.last_hidden_state[:4])
+    torch.testing.assert_close(again.last_hidden_state, expected.last_hidden_state[order])
+    torch.testing.assert_close(again.pooler_output, expected.pooler_output[order])
+    tower.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        tower(pixel_values=frames)
+
+
 def test_video_text_benchmark_takes_a_pretrained_frame_by_frame_tower(data_dir, tmp_path):
     from benchmarks.video_text import main
 
