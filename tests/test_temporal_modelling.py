@@ -151,6 +151,50 @@ def test_a_divided_video_model_trains_and_round_trips(tmp_path):
         torch.testing.assert_close(loaded(**inputs).loss, model.eval()(**inputs).loss)
 
 
+def _order_clips(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips of 4 frames, two red then two blue (label 0) or two blue then two red (label 1), plus noise: every clip
+    holds the same frames whatever its label, so only their order tells the answer."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (count,), generator=generator)
+    red, blue = torch.zeros(3, 16, 16), torch.zeros(3, 16, 16)
+    red[0], blue[2] = 1.0, 1.0
+    first = torch.stack([red, red, blue, blue])
+    clips = torch.stack([first if label == 0 else first.flip(0) for label in labels])
+    return clips + 0.3 * torch.randn(clips.shape, generator=generator), labels
+
+
+def test_a_trained_video_qa_model_answers_from_frame_order_and_shuffled_frames_change_the_answer():
+    """Trained on "which colour comes first?" (until its training batches are all right), the divided-attention
+    model's answer follows the frames' order: reversing each held-out clip, or swapping its halves, turns the predicted
+    answer over, where a time-blind model could only guess (the frames are the same whatever the answer)."""
+    torch.manual_seed(0)
+    config = MMModelTester(num_frames=FRAMES, image_size=16, patch_size=4).get_config("late", num_labels=2)
+    config.vision_config.video_attention = "divided"
+    model = MMForVisualQuestionAnswering(config)
+    question = MMModelTester(batch_size=1).get_inputs(padded=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    all_right = 0
+    for step in range(300):
+        clips, labels = _order_clips(32, seed=step)
+        out = model(input_ids=question["input_ids"].expand(32, -1),
+                    attention_mask=question["attention_mask"].expand(32, -1), pixel_values=clips, labels=labels)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        all_right = all_right + 1 if bool((out.logits.argmax(-1) == labels).all()) else 0
+        if all_right == 5:
+            break
+    assert all_right == 5, f"order not learned in {step + 1} steps (loss {out.loss.item():.3f})"
+    model.eval()
+    clips, labels = _order_clips(64, seed=1000)
+    ids, mask = question["input_ids"].expand(64, -1), question["attention_mask"].expand(64, -1)
+    with torch.no_grad():
+        answer = model(input_ids=ids, attention_mask=mask, pixel_values=clips).logits.argmax(-1)
+        reversed_ = model(input_ids=ids, attention_mask=mask, pixel_values=clips.flip(1)).logits.argmax(-1)
+        swapped = model(input_ids=ids, attention_mask=mask, pixel_values=clips[:, [2, 3, 0, 1]]).logits.argmax(-1)
+    assert (answer == labels).float().mean() >= 0.95
+    assert (reversed_ != answer).float().mean() >= 0.95 and (swapped != answer).float().mean() >= 0.95
+
 # -- a temporal encoder for towers that encode clips frame by frame --------------------------------------------------
 
 
