@@ -195,6 +195,7 @@ def test_a_trained_video_qa_model_answers_from_frame_order_and_shuffled_frames_c
     assert (answer == labels).float().mean() >= 0.95
     assert (reversed_ != answer).float().mean() >= 0.95 and (swapped != answer).float().mean() >= 0.95
 
+
 # -- a temporal encoder for towers that encode clips frame by frame --------------------------------------------------
 
 
