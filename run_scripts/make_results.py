@@ -1,5 +1,6 @@
 """Regenerates RESULTS.md: runs (or, with --collect, only reads) the experiments and writes each row with the exact
-command that produced it.
+command that produced it. Only the sections these experiments measured are rewritten; the benchmarks' sections and
+the rest of the file are kept.
 
     mm make-results                 # run what is missing, then write RESULTS.md
     mm make-results --collect       # only rebuild RESULTS.md from outputs/results/*
@@ -114,10 +115,21 @@ def plot_learning_curve(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+HEADER = ("# Results\n\nEvery number below was produced by this repository's code on a 2-core CPU (fp32); the command "
+          "under each table reproduces it. `mm make-results` reruns the easy-VQA experiments (`--collect`: only reads "
+          "their outputs) and rewrites only their sections; the other sections (the benchmarks', each with its "
+          "command) are kept.\n")
+
+
 def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
-    lines = ["# Results", "", "Every number below was produced by this repository's code on a 2-core CPU (fp32); the "
-             "command under each table reproduces it. Regenerate this file with `mm make-results` "
-             "(or `--collect` to rebuild it from existing outputs).", ""]
+    """
+    Writes the sections these experiments measured into `path`: each replaces its namesake where the file has it (or
+    is appended); every other section (the benchmarks' own, e.g. the real-image, visual-entailment and video ones, and
+    these experiments' sections whose outputs are absent here) is kept as it is. A new file starts with `HEADER`.
+    """
+    from training.real_benchmark import update_results_section
+
+    lines: list[str] = []
     pre_file = os.path.join(PRETRAINED, "pretrain_summary.json")
     if os.path.isfile(pre_file):
         pre = json.load(open(pre_file))
@@ -207,8 +219,12 @@ def write_results(rows: list[dict], path: str = "RESULTS.md") -> str:
             lines.append(f"| {name} | {100 * m['peak_hit_rate']:.1f}% | {100 * m['mass_hit_rate']:.1f}% |")
         lines += ["", f"Default method for this hybrid model: `{g['default_method']}`.", "",
                   "Command: `mm grounding-eval --model_name_or_path outputs/pretrain`", ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    if not os.path.isfile(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(HEADER)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")] + [len(lines)]
+    for begin, end in zip(starts, starts[1:]):
+        update_results_section(path, "\n".join(lines[begin:end]), lines[begin])
     return path
 
 
