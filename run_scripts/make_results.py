@@ -1,6 +1,7 @@
-"""Regenerates RESULTS.md: runs (or, with --collect, only reads) the experiments and writes each row with the exact
-command that produced it. Only the sections these experiments measured are rewritten; the benchmarks' sections and
-the rest of the file are kept.
+"""Regenerates the easy-VQA sections of RESULTS.md: runs (or, with --collect, only reads) their experiments.
+
+Each row is written with the exact command that produced it. Only the sections these experiments measured are
+rewritten; the benchmarks' sections and the rest of the file are kept.
 
     mm make-results                 # run what is missing, then write RESULTS.md
     mm make-results --collect       # only rebuild RESULTS.md from outputs/results/*
