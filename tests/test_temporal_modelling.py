@@ -172,12 +172,18 @@ def test_a_trained_video_qa_model_answers_from_frame_order_and_shuffled_frames_c
     config.vision_config.video_attention = "divided"
     model = MMForVisualQuestionAnswering(config)
     question = MMModelTester(batch_size=1).get_inputs(padded=False)
+
+    def ask(clips: torch.Tensor, labels: torch.Tensor | None = None):
+        """The one question about every clip of the batch."""
+        batch = len(clips)
+        return model(input_ids=question["input_ids"].expand(batch, -1),
+                     attention_mask=question["attention_mask"].expand(batch, -1), pixel_values=clips, labels=labels)
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     all_right = 0
     for step in range(300):
         clips, labels = _order_clips(32, seed=step)
-        out = model(input_ids=question["input_ids"].expand(32, -1),
-                    attention_mask=question["attention_mask"].expand(32, -1), pixel_values=clips, labels=labels)
+        out = ask(clips, labels)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -187,11 +193,10 @@ def test_a_trained_video_qa_model_answers_from_frame_order_and_shuffled_frames_c
     assert all_right == 5, f"order not learned in {step + 1} steps (loss {out.loss.item():.3f})"
     model.eval()
     clips, labels = _order_clips(64, seed=1000)
-    ids, mask = question["input_ids"].expand(64, -1), question["attention_mask"].expand(64, -1)
     with torch.no_grad():
-        answer = model(input_ids=ids, attention_mask=mask, pixel_values=clips).logits.argmax(-1)
-        reversed_ = model(input_ids=ids, attention_mask=mask, pixel_values=clips.flip(1)).logits.argmax(-1)
-        swapped = model(input_ids=ids, attention_mask=mask, pixel_values=clips[:, [2, 3, 0, 1]]).logits.argmax(-1)
+        answer = ask(clips).logits.argmax(-1)
+        reversed_ = ask(clips.flip(1)).logits.argmax(-1)
+        swapped = ask(clips[:, [2, 3, 0, 1]]).logits.argmax(-1)
     assert (answer == labels).float().mean() >= 0.95
     assert (reversed_ != answer).float().mean() >= 0.95 and (swapped != answer).float().mean() >= 0.95
 
